@@ -1,0 +1,1 @@
+"""The overpayment and dispute ledger: domain, application services and entry points."""

@@ -1,0 +1,50 @@
+"""Every bound the ledger enforces, in one place (TigerStyle: put a limit on everything)."""
+
+# Inbound and command messages.
+message_bytes_max = 64 * 1024
+"""A Kafka message value larger than this is dead-lettered as `too_large` before parsing."""
+json_depth_max = 32
+"""JSON nested deeper than this is refused as a contract error."""
+identifier_chars_max = 128
+"""Longest id accepted for account, event, invoice, payment, refund, dispute and customer ids."""
+text_chars_max = 1000
+"""Longest free text accepted (reasons, summaries)."""
+amount_minor_max = 10**15
+"""Largest single amount in minor units (10 trillion in a two-decimal currency)."""
+balance_minor_max = 2**62
+"""No ledger balance may grow beyond this: keeps every sum inside a signed 64-bit column."""
+
+# Kafka consumption and production.
+poll_records_max = 2000
+"""Records one poll may return (one database transaction per partition per poll)."""
+poll_timeout_ms = 100
+fetch_max_wait_ms = 20
+"""How long the broker may hold a fetch for more data: short, for latency."""
+consumer_session_timeout_ms = 6000
+topic_check_interval_s = 5.0
+"""How often a consumer re-checks topic ids and high watermarks for recreated topics."""
+batch_retry_max = 5
+"""Attempts for one partition batch after version conflicts before the consumer gives up."""
+producer_retry_max = 8
+"""Attempts to send a batch through a rebuilt producer before the worker fails."""
+backoff_initial_s = 0.2
+backoff_max_s = 5.0
+
+# Event store and read models.
+aggregate_cache_max = 10_000
+"""Account aggregates kept in memory by one ingest worker (least recently used are dropped)."""
+notification_batch_max = 2000
+"""Notifications read from the event store per relay or projection batch."""
+projection_idle_poll_s = 0.02
+"""How long a relay or projection sleeps when the event store has nothing new."""
+query_wait_timeout_s = 30.0
+"""Default bound on `--wait` for a query to see the latest position."""
+history_page_max = 100_000
+"""Most events one `ledger history` call returns."""
+
+# Processes.
+shutdown_grace_s = 8.0
+"""How long `ledger run` waits for a worker to stop after SIGTERM before killing it."""
+worker_restart_max = 20
+"""Restarts of a crashed worker before `ledger run` gives up and exits."""
+broker_start_timeout_s = 30.0
