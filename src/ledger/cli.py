@@ -1,5 +1,427 @@
-"""Command line entry point (placeholder until the CLI lands)."""
+"""The `ledger` command: the composition root for people.
+
+Queries print one JSON document with `--json`; logs and progress always go to stderr. Exit codes:
+0 success, 2 bad input or a refused command (one line on stderr saying why), 1 internal failure.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import orjson
+import structlog
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ledger import limits
+from ledger.kafka.broker import BrokerUnavailable, EmbeddedBroker, is_listening, resolve_bootstrap
+from ledger.logging import configure_logging
+from ledger.persistence.database import DatabaseUnavailable
+from ledger.persistence.urls import DatabaseUrlError, parse_database_url
+from ledger.settings import Settings, load_settings
+from ledger.storage import Storage, open_storage, prepare_schema
+from projections import balances as balances_projection
+from projections import queries
+
+app = typer.Typer(
+    name="ledger",
+    help="Event-sourced ledger for customer overpayments and payment disputes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+projections_app = typer.Typer(help="Read models: rebuild them from the event store.")
+app.add_typer(projections_app, name="projections")
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True)
+log = structlog.get_logger(__name__)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+WaitOption = Annotated[
+    bool, typer.Option("--wait", help="Wait until the read model reaches the latest event.")
+]
+TimeoutOption = Annotated[
+    float, typer.Option("--timeout", help="Longest wait in seconds (with --wait).")
+]
+
+
+class Refused(Exception):
+    """Bad input or a refused command: exit 2 with this one line."""
+
+
+def fail(reason: str) -> NoReturn:
+    """Print one line on stderr and exit 2."""
+    stderr.print(f"ledger: {reason}", markup=False, highlight=False)
+    raise typer.Exit(code=2)
+
+
+def settings_and_logging() -> Settings:
+    """Load settings and configure logging (stderr)."""
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def print_json(document: Any) -> None:
+    """One JSON document on stdout."""
+    sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
+
+
+def open_for_query(settings: Settings) -> Storage:
+    """Open storage for a query (creating empty tables on first use)."""
+    try:
+        target = parse_database_url(settings.database_url)
+        prepare_schema(target, balances_projection.DDL)
+    except DatabaseUrlError as error:
+        raise Refused(str(error)) from error
+    return open_storage(settings)
+
+
+def wait_for_read_model(storage: Storage, timeout_s: float) -> None:
+    """Block until the read model reflects the event store's latest notification."""
+    latest = storage.store.process_recorder.max_notification_id() or 0
+    deadline = time.monotonic() + timeout_s
+    delay_s = 0.01
+    while queries.position(storage.database) < latest:
+        if time.monotonic() > deadline:
+            raise Refused(
+                f"the read model did not reach position {latest} within {timeout_s:g}s:"
+                " is `ledger run` running?"
+            )
+        time.sleep(delay_s)
+        delay_s = min(delay_s * 2, 0.2)
+
+
+def _money_table(title: str, rows: list[tuple[str, Any]]) -> Table:
+    table = Table(title=title)
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for name, value in rows:
+        table.add_row(name, str(value))
+    return table
+
+
+@app.command()
+def balance(
+    account: str,
+    at: Annotated[
+        datetime | None, typer.Option("--at", help="As of this time (RFC 3339).")
+    ] = None,
+    json_output: JsonOption = False,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = limits.query_wait_timeout_s,
+) -> None:
+    """Balances of one account (optionally as of a past time)."""
+    settings = settings_and_logging()
+    storage = open_for_query(settings)
+    try:
+        if wait:
+            wait_for_read_model(storage, timeout)
+        if at is not None and at.tzinfo is None:
+            raise Refused("--at needs a timestamp with an offset, e.g. 2026-11-25T10:00:00Z")
+        try:
+            answer = queries.balance(storage.database, account, at=at)
+        except queries.NotFound as error:
+            raise Refused(str(error)) from error
+    finally:
+        storage.close()
+    if json_output:
+        print_json(answer)
+    else:
+        stdout.print(_money_table(f"balance of {account}", list(answer.items())))
+
+
+@app.command()
+def history(
+    account: str,
+    json_output: JsonOption = False,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = limits.query_wait_timeout_s,
+) -> None:
+    """The account's domain events in order, with their postings."""
+    settings = settings_and_logging()
+    storage = open_for_query(settings)
+    try:
+        if wait:
+            wait_for_read_model(storage, timeout)
+        try:
+            events = queries.history(storage.database, account, limit=limits.history_page_max)
+        except queries.NotFound as error:
+            raise Refused(str(error)) from error
+    finally:
+        storage.close()
+    if json_output:
+        print_json(events)
+        return
+    table = Table(title=f"history of {account}")
+    for column in ("version", "type", "occurred_at", "position", "postings"):
+        table.add_column(column)
+    for event in events:
+        postings = "; ".join(
+            f"{p['debit']} / {p['credit']} {p['amount']} {p['currency']}" for p in event["postings"]
+        )
+        table.add_row(
+            str(event["version"]), event["type"], event["occurred_at"], str(event["position"]),
+            postings,
+        )
+    stdout.print(table)
+
+
+@app.command("trial-balance")
+def trial_balance(
+    json_output: JsonOption = False,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = limits.query_wait_timeout_s,
+) -> None:
+    """Sums per ledger account and currency; each currency's total is 0."""
+    settings = settings_and_logging()
+    storage = open_for_query(settings)
+    try:
+        if wait:
+            wait_for_read_model(storage, timeout)
+        answer = queries.trial_balance(storage.database)
+    finally:
+        storage.close()
+    if json_output:
+        print_json(answer)
+        return
+    table = Table(title=f"trial balance at position {answer['position']}")
+    for column in ("currency", "ledger_account", "debits_minus_credits"):
+        table.add_column(column)
+    for currency, entry in answer["currencies"].items():
+        for name, amount in entry["accounts"].items():
+            table.add_row(currency, name, str(amount))
+        table.add_row(currency, "total", str(entry["total"]), style="bold")
+    stdout.print(table)
+
+
+@projections_app.command("rebuild")
+def projections_rebuild(
+    name: Annotated[str | None, typer.Argument(help="Only this read model.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Drop and rebuild read models from the event store."""
+    from rich.progress import Progress
+
+    from ledger.tailing import run_tail
+
+    if name not in (None, balances_projection.NAME):
+        raise Refused(f"unknown projection {name!r}; known: {balances_projection.NAME}")
+    settings = settings_and_logging()
+    storage = open_for_query(settings)
+    started = time.monotonic()
+    try:
+        balances_projection.clear(storage.database)
+        projection = balances_projection.BalancesProjection(storage.database)
+        latest = storage.store.process_recorder.max_notification_id() or 0
+        stop = threading.Event()
+        total = 0
+        with Progress(console=stderr, transient=True) as progress:
+            task = progress.add_task("rebuilding balances", total=latest)
+
+            class Tracked:
+                name = projection.name
+
+                def position(self) -> int:
+                    return projection.position()
+
+                def handle(self, notifications: Any) -> None:
+                    projection.handle(notifications)
+                    progress.update(task, completed=notifications[-1].id)
+
+            total = run_tail(storage.store, Tracked(), stop, until_caught_up=True)
+        position = projection.position()
+    finally:
+        storage.close()
+    answer = {
+        "projections": [balances_projection.NAME],
+        "events": total,
+        "position": position,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    if json_output:
+        print_json(answer)
+    else:
+        stderr.print(f"rebuilt {balances_projection.NAME}: {total} events, position {position}")
+
+
+@app.command()
+def republish(
+    from_position: Annotated[
+        int, typer.Option("--from", help="First event-store position to send again.")
+    ],
+    json_output: JsonOption = False,
+) -> None:
+    """Send stored events to ledger.events again (same ce_id: downstream de-duplicates)."""
+    from ledger.kafka.clients import ResilientProducer
+    from ledger.outbox import OutboxRelay
+    from ledger.persistence.positions import reset_position
+    from ledger.tailing import run_tail
+
+    if from_position < 1:
+        raise Refused("--from must be a position of 1 or more")
+    settings = settings_and_logging()
+    bootstrap = _bootstrap(settings)
+    storage = open_for_query(settings)
+    producer = ResilientProducer(bootstrap)
+    name = f"republish:{time.time_ns()}"
+    try:
+        with storage.database.transaction() as cursor:
+            reset_position(cursor, name, from_position - 1)
+        relay = OutboxRelay(storage.database, producer, position_name=name)
+        sent = run_tail(storage.store, relay, threading.Event(), until_caught_up=True)
+        with storage.database.transaction() as cursor:
+            reset_position(cursor, name)
+    finally:
+        producer.close()
+        storage.close()
+    if json_output:
+        print_json({"from": from_position, "events": sent})
+    else:
+        stderr.print(f"republished {sent} events from position {from_position}")
+
+
+def _bootstrap(settings: Settings) -> str:
+    try:
+        return resolve_bootstrap(settings.kafka_bootstrap, settings.broker_port)
+    except BrokerUnavailable as error:
+        raise Refused(str(error)) from error
+
+
+@app.command()
+def publish(
+    source: Annotated[str, typer.Argument(help="A file of JSON lines, or - for stdin.")],
+    json_output: JsonOption = False,
+) -> None:
+    """Send each line as it is to payments.inbound (key: its account_id where it has one)."""
+    from rich.progress import Progress
+
+    from ledger.kafka.clients import ResilientProducer
+    from ledger.kafka.topics import PAYMENTS_INBOUND, ensure_topics
+    from ledger.schemas.inbound import inbound_account_id
+
+    settings = settings_and_logging()
+    bootstrap = _bootstrap(settings)
+    if source == "-":
+        stream = sys.stdin.buffer
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise Refused(f"no such file: {source}")
+        stream = path.open("rb")
+    ensure_topics(bootstrap, settings.partitions)
+    producer = ResilientProducer(bootstrap)
+    sent = 0
+    try:
+        with Progress(console=stderr, transient=True) as progress:
+            task = progress.add_task("publishing", total=None)
+            for raw_line in stream:
+                line = raw_line.rstrip(b"\r\n")
+                if not line:
+                    continue
+                account_id = inbound_account_id(line)
+                producer.send(
+                    PAYMENTS_INBOUND,
+                    key=account_id.encode() if account_id else None,
+                    value=line,
+                    headers=[],
+                )
+                sent += 1
+                if sent % limits.poll_records_max == 0:
+                    producer.flush()
+                    progress.update(task, completed=sent)
+            producer.flush()
+    finally:
+        producer.close()
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    if json_output:
+        print_json({"published": sent, "topic": PAYMENTS_INBOUND})
+    else:
+        stderr.print(f"published {sent} messages to {PAYMENTS_INBOUND} at {bootstrap}")
+
+
+@app.command()
+def broker(
+    port: Annotated[int | None, typer.Option(help="Port (default LEDGER_BROKER_PORT).")] = None,
+) -> None:
+    """Run the embedded broker alone, in the foreground (messages in memory only)."""
+    settings = settings_and_logging()
+    chosen = port or settings.broker_port
+    if is_listening("127.0.0.1", chosen):
+        raise Refused(f"something already listens on 127.0.0.1:{chosen}")
+    embedded = EmbeddedBroker(chosen)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    embedded.start()
+    from ledger.kafka.topics import ensure_topics
+
+    ensure_topics(embedded.bootstrap, settings.partitions)
+    stderr.print(f"broker listening on {embedded.bootstrap} (messages are kept in memory only)")
+    try:
+        while not stop.wait(0.5):
+            if embedded.exited():
+                raise Refused("the broker exited unexpectedly")
+    finally:
+        embedded.stop()
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def request_stop(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+
+@app.command()
+def run() -> None:
+    """Start every process; Ctrl-C stops them cleanly."""
+    from ledger.runner import Supervisor
+
+    settings = settings_and_logging()
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    supervisor = Supervisor(settings)
+    try:
+        supervisor.start()
+        stderr.print(
+            f"ledger running: broker {supervisor.bootstrap},"
+            f" database {parse_database_url(settings.database_url).describe()}; Ctrl-C stops"
+        )
+        supervisor.run_until(stop)
+    finally:
+        supervisor.stop()
+
+
+@app.command()
+def demo(json_output: JsonOption = False) -> None:
+    """A scripted scenario end to end: starts what it needs itself, prints, stops."""
+    from ledger.demo import run_demo
+
+    settings = settings_and_logging()
+    run_demo(settings, json_output=json_output, out=stdout, err=stderr)
 
 
 def main() -> None:
-    """Run the ledger command line."""
+    """Run the CLI with the exit codes the design promises."""
+    try:
+        app()
+    except Refused as error:
+        stderr.print(f"ledger: {error}", markup=False, highlight=False)
+        sys.exit(2)
+    except (BrokerUnavailable, DatabaseUrlError) as error:
+        stderr.print(f"ledger: {error}", markup=False, highlight=False)
+        sys.exit(2)
+    except DatabaseUnavailable as error:
+        stderr.print(f"ledger: database unavailable: {error}", markup=False, highlight=False)
+        sys.exit(1)

@@ -1,0 +1,312 @@
+"""The payments ingest consumer: `payments.inbound` into the event store, exactly once.
+
+Per partition and poll: drop records at or below the stored position, let the ingest service
+apply the rest, send and flush the batch's dead letters, then commit the events, the idempotency
+keys and the Kafka position (offset + 1) in one database transaction. The stored position is
+kept under `payments.inbound:<topic id>:<partition>`, so a recreated topic (new id) starts from
+its beginning under a new name; a stored position beyond a partition's high watermark means the
+same, and is read from the start too. Both are logged as warnings, never skipped silently.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    Tracking,
+)
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+
+from ledger import limits
+from ledger.ingest import DeadLetter, InboundMessage, IngestService
+from ledger.kafka.clients import ResilientProducer, make_consumer
+from ledger.kafka.topics import PAYMENTS_INBOUND, PAYMENTS_INBOUND_DLQ, TopicWatcher
+from ledger.persistence.database import DatabaseUnavailable
+
+log = structlog.get_logger(__name__)
+
+
+class IngestFailed(RuntimeError):
+    """A batch could not be committed after every retry."""
+
+
+@dataclass
+class PartitionState:
+    """Where one owned partition stands."""
+
+    tracking_name: str
+    position: int | None
+
+
+def tracking_name(topic: str, topic_id: str, partition: int, generation: str = "") -> str:
+    """The tracking name of one partition of one incarnation of a topic."""
+    return f"{topic}:{topic_id}{generation}:{partition}"
+
+
+def dead_letter_headers(dead_letter: DeadLetter) -> list[tuple[str, bytes]]:
+    """The original headers plus why the message was refused and where it came from."""
+    message = dead_letter.message
+    reason = " ".join(dead_letter.reason.split())[:500]
+    return [
+        *message.headers,
+        ("error_kind", dead_letter.kind.encode()),
+        ("error_reason", reason.encode()),
+        ("source_topic", message.topic.encode()),
+        ("source_partition", str(message.partition).encode()),
+        ("source_offset", str(message.offset).encode()),
+    ]
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: IngestConsumer) -> None:
+        self.owner = owner
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        self.owner.revoke(revoked)
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.owner.assign(assigned)
+
+
+class IngestConsumer:
+    """Consumes payment facts and hands each partition batch to the ingest service."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        service: IngestService,
+        dead_letters: ResilientProducer,
+        group_id: str | None,
+        stop: threading.Event,
+        topic: str = PAYMENTS_INBOUND,
+        dlq_topic: str = PAYMENTS_INBOUND_DLQ,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.service = service
+        self.dead_letters = dead_letters
+        self.group_id = group_id
+        self.stop = stop
+        self.topic = topic
+        self.dlq_topic = dlq_topic
+        self.watcher = TopicWatcher(bootstrap, topic)
+        self.topic_id = ""
+        self.partitions: dict[int, PartitionState] = {}
+        self.consumer: KafkaConsumer | None = None
+        self.applied = 0
+        self.dead_lettered = 0
+        self.duplicates = 0
+
+    def run(self) -> None:
+        """Consume until stopped."""
+        consumer = make_consumer(self.bootstrap, group_id=self.group_id, client_id="ledger-ingest")
+        self.consumer = consumer
+        self.topic_id = self._current_topic_id()
+        if self.group_id is None:
+            partitions = sorted(consumer.partitions_for_topic(self.topic) or ())
+            assigned = [TopicPartition(self.topic, p) for p in partitions]
+            consumer.assign(assigned)
+            self.assign(assigned)
+        else:
+            consumer.subscribe([self.topic], listener=_Rebalance(self))
+        next_check = time.monotonic() + limits.topic_check_interval_s
+        try:
+            while not self.stop.is_set():
+                records = consumer.poll(
+                    timeout_ms=limits.poll_timeout_ms, max_records=limits.poll_records_max
+                )
+                for topic_partition, batch in records.items():
+                    if self.stop.is_set():
+                        break
+                    self._process(topic_partition, batch)
+                if time.monotonic() >= next_check:
+                    self.check_incarnation()
+                    next_check = time.monotonic() + limits.topic_check_interval_s
+        finally:
+            consumer.close(autocommit=False)
+            self.consumer = None
+
+    def _current_topic_id(self) -> str:
+        topic_id = self.watcher.topic_id()
+        return topic_id or "unknown"
+
+    def assign(self, assigned: Sequence[TopicPartition]) -> None:
+        """Resume each newly owned partition from its stored position."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        recorder = self.service.store.process_recorder
+        for topic_partition in assigned:
+            name = tracking_name(self.topic, self.topic_id, topic_partition.partition)
+            position = recorder.max_tracking_id(name)
+            self.partitions[topic_partition.partition] = PartitionState(name, position)
+            if position is None:
+                consumer.seek_to_beginning(topic_partition)
+            else:
+                consumer.seek(topic_partition, position)
+            log.info(
+                "partition assigned",
+                topic=self.topic,
+                partition=topic_partition.partition,
+                tracking_name=name,
+                position=position,
+            )
+
+    def revoke(self, revoked: Sequence[TopicPartition]) -> None:
+        """Forget partitions another consumer now owns (and their cached accounts)."""
+        for topic_partition in revoked:
+            self.partitions.pop(topic_partition.partition, None)
+        self.service.clear()
+
+    def check_incarnation(self) -> None:
+        """Notice a recreated topic (new id, or positions beyond the end) and start it over."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        current = self.watcher.topic_id()
+        if current is None:
+            return
+        assigned = sorted(consumer.assignment(), key=lambda tp: tp.partition)
+        if current != self.topic_id:
+            log.warning(
+                "topic recreated: reading it from its start",
+                topic=self.topic,
+                old_topic_id=self.topic_id,
+                new_topic_id=current,
+            )
+            self.topic_id = current
+            self.service.clear()
+            self.assign(assigned)
+            return
+        for topic_partition in assigned:
+            state = self.partitions.get(topic_partition.partition)
+            highwater = consumer.highwater(topic_partition)
+            if state is None or state.position is None or highwater is None:
+                continue
+            if state.position > highwater:
+                generation = f"~{int(time.time() * 1000)}"
+                name = tracking_name(
+                    self.topic, self.topic_id, topic_partition.partition, generation
+                )
+                log.warning(
+                    "stored position beyond the partition's end: topic recreated,"
+                    " reading it from its start",
+                    topic=self.topic,
+                    partition=topic_partition.partition,
+                    position=state.position,
+                    highwater=highwater,
+                    tracking_name=name,
+                )
+                self.partitions[topic_partition.partition] = PartitionState(name, None)
+                consumer.seek_to_beginning(topic_partition)
+
+    def _process(self, topic_partition: TopicPartition, records: Sequence[Any]) -> None:
+        state = self.partitions.get(topic_partition.partition)
+        if state is None:
+            return
+        floor = state.position or 0
+        messages = [
+            InboundMessage(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                key=record.key,
+                value=record.value,
+                headers=tuple(record.headers or ()),
+            )
+            for record in records
+            if record.offset + 1 > floor
+        ]
+        if not messages:
+            return
+        tracking = Tracking(state.tracking_name, messages[-1].offset + 1)
+        sent_offsets: set[int] = set()
+        backoff_s = limits.backoff_initial_s
+        conflicts = 0
+        while True:
+            batch = self.service.prepare(messages)
+            self._send_dead_letters(batch.dead_letters, sent_offsets)
+            try:
+                self.service.commit(batch, tracking)
+            except IntegrityError as error:
+                self.service.evict(batch.touched)
+                recorder = self.service.store.process_recorder
+                if recorder.has_tracking_id(tracking.application_name, tracking.notification_id):
+                    log.info(
+                        "batch already committed elsewhere",
+                        topic=self.topic,
+                        partition=topic_partition.partition,
+                        position=tracking.notification_id,
+                    )
+                    break
+                conflicts += 1
+                if conflicts > limits.batch_retry_max:
+                    raise IngestFailed(
+                        f"{self.topic}[{topic_partition.partition}] batch ending at offset"
+                        f" {messages[-1].offset}: {conflicts} conflicts, last: {error}"
+                    ) from error
+                log.warning(
+                    "version conflict: reloading accounts and re-applying the batch",
+                    topic=self.topic,
+                    partition=topic_partition.partition,
+                    attempt=conflicts,
+                    error=str(error),
+                )
+                continue
+            except (OperationalError, InterfaceError, DatabaseUnavailable) as error:
+                self.service.evict(batch.touched)
+                log.warning(
+                    "database unavailable: retrying the batch",
+                    topic=self.topic,
+                    partition=topic_partition.partition,
+                    retry_in_s=backoff_s,
+                    error=str(error),
+                )
+                if self.stop.wait(backoff_s):
+                    raise
+                backoff_s = min(backoff_s * 2, limits.backoff_max_s)
+                continue
+            self.applied += batch.applied
+            self.duplicates += batch.duplicates
+            self.dead_lettered += len(batch.dead_letters)
+            break
+        state.position = tracking.notification_id
+        log.debug(
+            "batch committed",
+            topic=self.topic,
+            partition=topic_partition.partition,
+            position=state.position,
+            messages=len(messages),
+        )
+
+    def _send_dead_letters(self, dead_letters: Sequence[DeadLetter], sent: set[int]) -> None:
+        fresh = [letter for letter in dead_letters if letter.message.offset not in sent]
+        if not fresh:
+            return
+        for letter in fresh:
+            message = letter.message
+            self.dead_letters.send(
+                self.dlq_topic,
+                key=message.key,
+                value=message.value,
+                headers=dead_letter_headers(letter),
+            )
+            log.warning(
+                "message dead-lettered",
+                account_id=message.key.decode("utf-8", "replace") if message.key else None,
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                error_kind=letter.kind,
+                error_reason=letter.reason,
+            )
+        self.dead_letters.flush()
+        sent.update(letter.message.offset for letter in fresh)

@@ -1,0 +1,160 @@
+"""The balances read model: accounts, per-ledger-account balances and each account's history.
+
+It tails the event store's notification log; every batch updates the tables and the projection's
+position in one transaction, so it survives crashes without counting anything twice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+from eventsourcing.persistence import Notification
+
+from ledger.persistence.database import Cursor, Database
+from ledger.persistence.mapper import decode_state
+from ledger.persistence.positions import POSITIONS_DDL, read_position, reset_position
+from ledger.public_events import event_type_name, public_data, public_postings
+
+NAME = "balances"
+POSITION_NAME = "projection:balances"
+
+TABLES = ("rm_accounts", "rm_balances", "rm_history")
+
+DDL = (
+    POSITIONS_DDL,
+    "CREATE TABLE IF NOT EXISTS rm_accounts ("
+    "account_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, kind TEXT NOT NULL,"
+    " jurisdiction TEXT NOT NULL, currency TEXT NOT NULL, opened_position BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS rm_balances ("
+    "account_id TEXT NOT NULL, ledger_account TEXT NOT NULL, currency TEXT NOT NULL,"
+    " debit_minus_credit BIGINT NOT NULL, PRIMARY KEY (account_id, ledger_account, currency))",
+    "CREATE TABLE IF NOT EXISTS rm_history ("
+    "position BIGINT PRIMARY KEY, account_id TEXT NOT NULL, version INTEGER NOT NULL,"
+    " type TEXT NOT NULL, occurred_at TEXT NOT NULL, occurred_us BIGINT NOT NULL,"
+    " data TEXT NOT NULL, postings TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS rm_history_account ON rm_history (account_id, version)",
+)
+
+
+def _epoch_us(moment: datetime) -> int:
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+
+
+def create_tables(database: Database) -> None:
+    """Create the read-model tables and the projection's position row if missing."""
+    with database.transaction() as cursor:
+        for statement in DDL:
+            cursor.execute(statement)
+        cursor.execute(
+            "INSERT INTO ledger_positions (name, position) VALUES (%s, 0) "
+            "ON CONFLICT (name) DO NOTHING",
+            (POSITION_NAME,),
+        )
+
+
+def clear(database: Database) -> None:
+    """Empty the read model and reset its position, ready for a rebuild."""
+    with database.transaction() as cursor:
+        for table in TABLES:
+            cursor.execute(f"DELETE FROM {table}")
+        reset_position(cursor, POSITION_NAME)
+        cursor.execute(
+            "INSERT INTO ledger_positions (name, position) VALUES (%s, 0) "
+            "ON CONFLICT (name) DO NOTHING",
+            (POSITION_NAME,),
+        )
+
+
+class BalancesProjection:
+    """Keeps rm_accounts, rm_balances and rm_history up to date."""
+
+    name = NAME
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def position(self) -> int:
+        """The last notification id reflected in the read model."""
+        with self.database.read() as cursor:
+            return read_position(cursor, POSITION_NAME)
+
+    def handle(self, notifications: Sequence[Notification]) -> None:
+        """Apply a batch of notifications and record the new position, in one transaction."""
+        with self.database.transaction() as cursor:
+            current = self._lock_position(cursor)
+            fresh = [n for n in notifications if n.id > current]
+            if not fresh:
+                return
+            accounts: list[tuple[Any, ...]] = []
+            history: list[tuple[Any, ...]] = []
+            deltas: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+            for notification in fresh:
+                state = decode_state(notification.state)
+                type_name = event_type_name(notification.topic)
+                account_id: str = state["account_id"]
+                if type_name == "account_opened":
+                    accounts.append(
+                        (
+                            account_id,
+                            state["customer_id"],
+                            state["kind"],
+                            state["jurisdiction"],
+                            state["currency"],
+                            notification.id,
+                        )
+                    )
+                for posting in state.get("postings") or ():
+                    amount = posting["amount_minor"]
+                    currency = posting["currency"]
+                    deltas[(account_id, posting["debit"], currency)] += amount
+                    deltas[(account_id, posting["credit"], currency)] -= amount
+                moment = datetime.fromisoformat(state["timestamp"])
+                history.append(
+                    (
+                        notification.id,
+                        account_id,
+                        notification.originator_version,
+                        type_name,
+                        moment.isoformat(),
+                        _epoch_us(moment),
+                        orjson.dumps(public_data(state)).decode(),
+                        orjson.dumps(public_postings(state)).decode(),
+                    )
+                )
+            if accounts:
+                cursor.executemany(
+                    "INSERT INTO rm_accounts (account_id, customer_id, kind, jurisdiction,"
+                    " currency, opened_position) VALUES (%s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (account_id) DO NOTHING",
+                    accounts,
+                )
+            if deltas:
+                cursor.executemany(
+                    "INSERT INTO rm_balances (account_id, ledger_account, currency,"
+                    " debit_minus_credit) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT (account_id, ledger_account, currency) DO UPDATE SET"
+                    " debit_minus_credit = rm_balances.debit_minus_credit"
+                    " + excluded.debit_minus_credit",
+                    [(*key, amount) for key, amount in deltas.items()],
+                )
+            cursor.executemany(
+                "INSERT INTO rm_history (position, account_id, version, type, occurred_at,"
+                " occurred_us, data, postings) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                history,
+            )
+            cursor.execute(
+                "UPDATE ledger_positions SET position = %s WHERE name = %s",
+                (fresh[-1].id, POSITION_NAME),
+            )
+
+    def _lock_position(self, cursor: Cursor) -> int:
+        suffix = " FOR UPDATE" if self.database.kind == "postgresql" else ""
+        cursor.execute(
+            f"SELECT position FROM ledger_positions WHERE name = %s{suffix}", (POSITION_NAME,)
+        )
+        row = cursor.fetchone()
+        return int(row[0]) if row else 0

@@ -1,0 +1,270 @@
+"""The customer account aggregate: applies payment facts and enforces the handling protocol."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from typing import Any
+
+from eventsourcing.domain import Aggregate
+
+from ledger import limits
+from ledger.domain.errors import DomainRuleError
+from ledger.domain.money import Money
+from ledger.domain.policy import Policy
+from ledger.domain.postings import (
+    LedgerAccount,
+    Posting,
+    UnbalancedPostingError,
+    apply_postings,
+    check_books,
+    natural_balance,
+)
+
+ACCOUNT_NAMESPACE = uuid.UUID("6f1c1f5e-8f0a-4a55-9d3c-2b8f5c1d7a10")
+
+ACCOUNT_KINDS = ("utility", "monthly", "retail")
+
+
+def account_uuid(account_id: str) -> uuid.UUID:
+    """The aggregate id of a customer account: stable, derived from the account id."""
+    return uuid.uuid5(ACCOUNT_NAMESPACE, account_id)
+
+
+class Account(Aggregate):
+    """One customer account in one currency, with its ledger balances."""
+
+    class Opened(Aggregate.Created):
+        """The processor reported a new customer account."""
+
+        account_id: str
+        customer_id: str
+        kind: str
+        jurisdiction: str
+        currency: str
+        source: str
+        source_event_id: str
+        reported_at: str
+
+    class Event(Aggregate.Event):
+        """Every event of an account names the account, for readers of the log."""
+
+        account_id: str
+
+    class InvoiceIssued(Event):
+        """The customer was billed: receivable up, revenue recognised."""
+
+        invoice_id: str
+        amount_minor: int
+        currency: str
+        due_date: str
+        source: str
+        source_event_id: str
+        reported_at: str
+        postings: tuple[Posting, ...]
+
+        def apply(self, aggregate: Any) -> None:
+            """Move the balances by this event's postings."""
+            aggregate.apply_postings(self.postings)
+
+    class PaymentReceived(Event):
+        """Money arrived: it settles the receivable and any excess becomes customer credit."""
+
+        payment_id: str
+        amount_minor: int
+        currency: str
+        method: str
+        invoice_id: str | None
+        source: str
+        source_event_id: str
+        reported_at: str
+        postings: tuple[Posting, ...]
+
+        def apply(self, aggregate: Any) -> None:
+            """Move the balances by this event's postings."""
+            aggregate.apply_postings(self.postings)
+
+    class OverpaymentDetected(Event):
+        """A payment exceeded the whole receivable; the excess (already posted) is owed back."""
+
+        overpayment_id: str
+        payment_id: str
+        amount_minor: int
+        currency: str
+        policy_version: str
+        postings: tuple[Posting, ...]
+
+        def apply(self, aggregate: Any) -> None:
+            """Count the overpayment; its money was posted by the payment."""
+            aggregate.open_overpayment_minor += self.amount_minor
+
+    def __init__(
+        self,
+        account_id: str,
+        customer_id: str,
+        kind: str,
+        jurisdiction: str,
+        currency: str,
+        source: str,
+        source_event_id: str,
+        reported_at: str,
+    ) -> None:
+        self.account_id = account_id
+        self.customer_id = customer_id
+        self.kind = kind
+        self.jurisdiction = jurisdiction
+        self.currency = currency
+        self.balances: dict[str, int] = {}
+        self.open_overpayment_minor = 0
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        account_id: str,
+        customer_id: str,
+        kind: str,
+        jurisdiction: str,
+        currency: str,
+        source: str,
+        source_event_id: str,
+        reported_at: datetime,
+        now: datetime,
+    ) -> Account:
+        """Open a customer account."""
+        if kind not in ACCOUNT_KINDS:
+            raise DomainRuleError(f"unknown account kind {kind!r}")
+        Money.zero(currency)
+        return cls._create(
+            cls.Opened,
+            id=account_uuid(account_id),
+            timestamp=now,
+            account_id=account_id,
+            customer_id=customer_id,
+            kind=kind,
+            jurisdiction=jurisdiction,
+            currency=currency,
+            source=source,
+            source_event_id=source_event_id,
+            reported_at=reported_at.isoformat(),
+        )
+
+    def balance(self, ledger_account: LedgerAccount) -> Money:
+        """A balance on its natural side (what is owed to us or by us)."""
+        raw = self.balances.get(ledger_account, 0)
+        return Money(natural_balance(ledger_account, raw), self.currency)
+
+    def issue_invoice(
+        self,
+        *,
+        invoice_id: str,
+        amount: Money,
+        due_date: date,
+        source: str,
+        source_event_id: str,
+        reported_at: datetime,
+        now: datetime,
+    ) -> None:
+        """Bill the customer."""
+        self._check_money(amount)
+        postings = (
+            Posting(
+                LedgerAccount.RECEIVABLE, LedgerAccount.REVENUE, amount.amount_minor, self.currency
+            ),
+        )
+        self._check_postings(postings)
+        self.trigger_event(
+            self.InvoiceIssued,
+            timestamp=now,
+            account_id=self.account_id,
+            invoice_id=invoice_id,
+            amount_minor=amount.amount_minor,
+            currency=amount.currency,
+            due_date=due_date.isoformat(),
+            source=source,
+            source_event_id=source_event_id,
+            reported_at=reported_at.isoformat(),
+            postings=postings,
+        )
+
+    def receive_payment(
+        self,
+        *,
+        payment_id: str,
+        amount: Money,
+        method: str,
+        invoice_id: str | None,
+        source: str,
+        source_event_id: str,
+        reported_at: datetime,
+        now: datetime,
+        policy: Policy,
+    ) -> None:
+        """Take a payment: settle what is owed; any excess is customer credit and an overpayment."""
+        self._check_money(amount)
+        owed_minor = self.balance(LedgerAccount.RECEIVABLE).amount_minor
+        settled_minor = min(amount.amount_minor, owed_minor)
+        excess_minor = amount.amount_minor - settled_minor
+        postings: list[Posting] = []
+        if settled_minor:
+            postings.append(
+                Posting(LedgerAccount.CASH, LedgerAccount.RECEIVABLE, settled_minor, self.currency)
+            )
+        if excess_minor:
+            postings.append(
+                Posting(
+                    LedgerAccount.CASH, LedgerAccount.CUSTOMER_CREDIT, excess_minor, self.currency
+                )
+            )
+        self._check_postings(postings)
+        self.trigger_event(
+            self.PaymentReceived,
+            timestamp=now,
+            account_id=self.account_id,
+            payment_id=payment_id,
+            amount_minor=amount.amount_minor,
+            currency=amount.currency,
+            method=method,
+            invoice_id=invoice_id,
+            source=source,
+            source_event_id=source_event_id,
+            reported_at=reported_at.isoformat(),
+            postings=tuple(postings),
+        )
+        if excess_minor >= policy.overpayment.detect_minimum_minor:
+            self.trigger_event(
+                self.OverpaymentDetected,
+                timestamp=now,
+                account_id=self.account_id,
+                overpayment_id=f"{self.account_id}:op:{self.version + 1}",
+                payment_id=payment_id,
+                amount_minor=excess_minor,
+                currency=self.currency,
+                policy_version=policy.version,
+                postings=(),
+            )
+
+    def apply_postings(self, postings: tuple[Posting, ...]) -> None:
+        """Move balances (called only while applying an already validated event)."""
+        balances = self.balances
+        for posting in postings:
+            balances[posting.debit] = balances.get(posting.debit, 0) + posting.amount_minor
+            balances[posting.credit] = balances.get(posting.credit, 0) - posting.amount_minor
+
+    def _check_money(self, amount: Money) -> None:
+        if amount.currency != self.currency:
+            raise DomainRuleError(
+                f"account {self.account_id} is in {self.currency}, not {amount.currency}"
+            )
+        if not 0 < amount.amount_minor <= limits.amount_minor_max:
+            raise DomainRuleError(f"amount must be 1..{limits.amount_minor_max} minor units")
+
+    def _check_postings(self, postings: tuple[Posting, ...] | list[Posting]) -> None:
+        try:
+            for posting in postings:
+                posting.check()
+                if posting.currency != self.currency:
+                    raise UnbalancedPostingError(f"posting in {posting.currency}")
+            check_books(apply_postings(self.balances, postings))
+        except UnbalancedPostingError as error:
+            raise DomainRuleError(str(error)) from error

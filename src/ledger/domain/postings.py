@@ -1,0 +1,103 @@
+"""The chart of ledger accounts and balanced double-entry postings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from ledger import limits
+
+
+class LedgerAccount(StrEnum):
+    """Where money can be, per customer account and currency."""
+
+    RECEIVABLE = "receivable"
+    CUSTOMER_CREDIT = "customer_credit"
+    ESCROW = "escrow"
+    COUPON = "coupon"
+    REFUND_CLEARING = "refund_clearing"
+    DISPUTE_HOLD = "dispute_hold"
+    CASH = "cash"
+    REVENUE = "revenue"
+    ESCHEAT_PAYABLE = "escheat_payable"
+    LOSSES = "losses"
+
+
+DEBIT_NORMAL: frozenset[str] = frozenset(
+    {
+        LedgerAccount.RECEIVABLE,
+        LedgerAccount.DISPUTE_HOLD,
+        LedgerAccount.CASH,
+        LedgerAccount.LOSSES,
+    }
+)
+"""Accounts whose natural balance is debits minus credits; the rest are credits minus debits."""
+
+
+class UnbalancedPostingError(ValueError):
+    """A posting that would break the books (raised, never asserted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """One balanced movement: `amount_minor` debited to one ledger account, credited to another."""
+
+    debit: str
+    credit: str
+    amount_minor: int
+    currency: str
+
+    def check(self) -> None:
+        """Refuse a posting that is not a positive integer movement between two known accounts."""
+        if type(self.amount_minor) is not int or self.amount_minor <= 0:
+            raise UnbalancedPostingError(f"posting amount must be a positive int: {self!r}")
+        if self.amount_minor > limits.amount_minor_max:
+            raise UnbalancedPostingError(f"posting amount above amount_minor_max: {self!r}")
+        if self.debit == self.credit:
+            raise UnbalancedPostingError(f"posting debits and credits one account: {self!r}")
+        for name in (self.debit, self.credit):
+            if name not in LedgerAccount.__members__.values():
+                raise UnbalancedPostingError(f"unknown ledger account {name!r}")
+
+
+def natural_balance(ledger_account: str, debit_minus_credit_minor: int) -> int:
+    """A balance shown on its natural side (receivable owed to us, credit owed to them)."""
+    if ledger_account in DEBIT_NORMAL:
+        return debit_minus_credit_minor
+    return -debit_minus_credit_minor
+
+
+def apply_postings(
+    balances: Mapping[str, int], postings: Iterable[Posting]
+) -> dict[str, int]:
+    """Balances (debits minus credits per ledger account) after the postings."""
+    result = dict(balances)
+    for posting in postings:
+        result[posting.debit] = result.get(posting.debit, 0) + posting.amount_minor
+        result[posting.credit] = result.get(posting.credit, 0) - posting.amount_minor
+    return result
+
+
+def check_books(balances: Mapping[str, int]) -> None:
+    """Refuse balances that do not sum to zero, go negative on their natural side or overflow."""
+    if sum(balances.values()) != 0:
+        raise UnbalancedPostingError(f"books do not balance: {dict(balances)}")
+    for name, amount in balances.items():
+        if natural_balance(name, amount) < 0 and name in _NEVER_NEGATIVE:
+            raise UnbalancedPostingError(f"{name} would go negative: {amount}")
+        if abs(amount) > limits.balance_minor_max:
+            raise UnbalancedPostingError(f"{name} beyond balance_minor_max: {amount}")
+
+
+_NEVER_NEGATIVE: frozenset[str] = frozenset(
+    {
+        LedgerAccount.RECEIVABLE,
+        LedgerAccount.CUSTOMER_CREDIT,
+        LedgerAccount.ESCROW,
+        LedgerAccount.COUPON,
+        LedgerAccount.REFUND_CLEARING,
+        LedgerAccount.DISPUTE_HOLD,
+    }
+)
+"""What a customer owes and what we owe them can never be negative."""

@@ -1,0 +1,208 @@
+"""The ingest application service: applies a batch of inbound payment facts to the accounts.
+
+One batch is one Kafka partition's records from one poll. The service parses, de-duplicates by
+(processor, event_id), applies each fact to its account aggregate (kept in memory, capped) and
+returns the new events and dead letters; `commit` writes the events, the idempotency keys and the
+Kafka position in one transaction. Kafka itself stays in `consumers.ingest`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import Tracking
+
+from ledger import limits
+from ledger.clock import Clock
+from ledger.domain.account import Account, account_uuid
+from ledger.domain.errors import DomainRuleError, UnknownAccountError
+from ledger.domain.money import CurrencyError, Money, MoneyError
+from ledger.domain.policy import Policy
+from ledger.persistence.event_store import EventStore
+from ledger.schemas.errors import ErrorKind
+from ledger.schemas.inbound import (
+    AccountOpenedIn,
+    InboundEvent,
+    InboundRejected,
+    InvoiceIssuedIn,
+    PaymentReceivedIn,
+    parse_inbound,
+)
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """One Kafka record, as received."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message the ledger refused, with the reason."""
+
+    message: InboundMessage
+    kind: ErrorKind
+    reason: str
+
+
+@dataclass
+class PreparedBatch:
+    """What one batch produced, ready to be committed."""
+
+    events: list[Any] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+    duplicates: int = 0
+    applied: int = 0
+
+
+def idempotency_key(processor: str, event_id: str) -> str:
+    """The key that makes the same processor event count once."""
+    return f"{processor}\x1f{event_id}"
+
+
+class IngestService:
+    """Applies inbound facts to account aggregates; the caller owns Kafka and retries."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        policy: Policy,
+        clock: Clock,
+        cache_max: int = limits.aggregate_cache_max,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.clock = clock
+        self.cache_max = cache_max
+        self._cache: OrderedDict[str, Account] = OrderedDict()
+
+    def prepare(self, messages: Sequence[InboundMessage]) -> PreparedBatch:
+        """Parse, de-duplicate and apply a batch; nothing is written yet."""
+        batch = PreparedBatch()
+        parsed: list[tuple[InboundMessage, InboundEvent]] = []
+        for message in messages:
+            try:
+                parsed.append((message, parse_inbound(message.value)))
+            except InboundRejected as rejected:
+                batch.dead_letters.append(DeadLetter(message, rejected.kind, rejected.reason))
+        keys = [idempotency_key(fact.processor, fact.event_id) for _, fact in parsed]
+        seen = self.store.key_recorder.select_inbound_keys(set(keys)) if keys else set()
+        for (message, fact), key in zip(parsed, keys, strict=True):
+            if key in seen:
+                batch.duplicates += 1
+                continue
+            try:
+                account = self._apply(fact)
+            except UnknownAccountError as error:
+                batch.dead_letters.append(DeadLetter(message, "unknown_account", str(error)))
+                continue
+            except (DomainRuleError, CurrencyError, MoneyError) as error:
+                batch.dead_letters.append(DeadLetter(message, "domain_rule", str(error)))
+                continue
+            seen.add(key)
+            batch.keys.append(key)
+            batch.touched.add(fact.account_id)
+            batch.events.extend(account.collect_events())
+            batch.applied += 1
+        return batch
+
+    def commit(self, batch: PreparedBatch, tracking: Tracking) -> None:
+        """Write the batch's events, keys and Kafka position in one transaction."""
+        mapper = self.store.mapper
+        stored = [mapper.to_stored_event(event) for event in batch.events]
+        self.store.process_recorder.insert_events(
+            stored, tracking=tracking, inbound_keys=batch.keys
+        )
+
+    def evict(self, account_ids: Iterable[str]) -> None:
+        """Forget cached accounts (after a failed commit their memory is ahead of the store)."""
+        for account_id in account_ids:
+            self._cache.pop(account_id, None)
+
+    def clear(self) -> None:
+        """Forget every cached account."""
+        self._cache.clear()
+
+    def _apply(self, fact: InboundEvent) -> Account:
+        now = self.clock.now()
+        if isinstance(fact, AccountOpenedIn):
+            if self._load(fact.account_id) is not None:
+                raise DomainRuleError(f"account {fact.account_id} is already open")
+            account = Account.open(
+                account_id=fact.account_id,
+                customer_id=fact.customer_id,
+                kind=fact.kind,
+                jurisdiction=fact.jurisdiction,
+                currency=fact.currency,
+                source=fact.processor,
+                source_event_id=fact.event_id,
+                reported_at=fact.occurred_at,
+                now=now,
+            )
+            self._remember(account)
+            return account
+        if not isinstance(fact, InvoiceIssuedIn | PaymentReceivedIn):
+            raise DomainRuleError(f"{fact.type} is not handled yet")
+        account_or_none = self._load(fact.account_id)
+        if account_or_none is None:
+            raise UnknownAccountError(f"account {fact.account_id} was never opened")
+        account = account_or_none
+        if isinstance(fact, InvoiceIssuedIn):
+            account.issue_invoice(
+                invoice_id=fact.invoice_id,
+                amount=Money(fact.amount.value, fact.amount.currency),
+                due_date=fact.due_date,
+                source=fact.processor,
+                source_event_id=fact.event_id,
+                reported_at=fact.occurred_at,
+                now=now,
+            )
+        else:
+            account.receive_payment(
+                payment_id=fact.payment_id,
+                amount=Money(fact.amount.value, fact.amount.currency),
+                method=fact.method,
+                invoice_id=fact.invoice_id,
+                source=fact.processor,
+                source_event_id=fact.event_id,
+                reported_at=fact.occurred_at,
+                now=now,
+                policy=self.policy,
+            )
+        return account
+
+    def _load(self, account_id: str) -> Account | None:
+        account = self._cache.get(account_id)
+        if account is not None:
+            self._cache.move_to_end(account_id)
+            return account
+        try:
+            loaded = self.store.repository.get(account_uuid(account_id))
+        except AggregateNotFoundError:
+            return None
+        if not isinstance(loaded, Account):
+            raise DomainRuleError(f"aggregate of {account_id} is not an account")
+        self._remember(loaded)
+        return loaded
+
+    def _remember(self, account: Account) -> None:
+        self._cache[account.account_id] = account
+        self._cache.move_to_end(account.account_id)
+        while len(self._cache) > self.cache_max:
+            self._cache.popitem(last=False)

@@ -1,0 +1,1 @@
+"""Persistence adapters: the event store (eventsourcing) and the read-model database."""

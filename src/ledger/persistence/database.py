@@ -1,0 +1,150 @@
+"""A small SQL adapter for our own tables (read models, positions) on SQLite or PostgreSQL.
+
+SQL is written once with `%s` placeholders; the SQLite adapter turns them into `?`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal, Protocol
+
+import psycopg
+
+from ledger.persistence.urls import DatabaseTarget
+
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached or refused the connection."""
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor the read models use."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement."""
+        ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+        """Run one statement for many rows."""
+        ...
+
+    def fetchall(self) -> list[Any]:
+        """All rows of the last query."""
+        ...
+
+    def fetchone(self) -> Any:
+        """The next row of the last query."""
+        ...
+
+
+class _SQLiteCursor:
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._cursor.execute(sql.replace("%s", "?"), params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
+        return self._cursor.executemany(sql.replace("%s", "?"), rows)
+
+    def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+
+class Database:
+    """One connection to the read-model database; use from one thread."""
+
+    def __init__(self, target: DatabaseTarget) -> None:
+        self.target = target
+        self.kind: Literal["sqlite", "postgresql"] = target.kind
+        self._sqlite: sqlite3.Connection | None = None
+        self._postgres: psycopg.Connection[Any] | None = None
+
+    def _connect_sqlite(self) -> sqlite3.Connection:
+        if self._sqlite is None:
+            assert self.target.sqlite_path is not None
+            self.target.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(
+                self.target.sqlite_path,
+                isolation_level=None,
+                timeout=SQLITE_BUSY_TIMEOUT_S,
+                check_same_thread=False,
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._sqlite = connection
+        return self._sqlite
+
+    def _connect_postgres(self) -> psycopg.Connection[Any]:
+        if self._postgres is None or self._postgres.closed or self._postgres.broken:
+            try:
+                self._postgres = psycopg.connect(self.target.conninfo, connect_timeout=5)
+            except psycopg.OperationalError as error:
+                raise DatabaseUnavailable(f"{self.target.describe()}: {error}") from error
+            if self.target.schema:
+                with self._postgres.cursor() as cursor:
+                    cursor.execute(f'SET search_path TO "{self.target.schema}"')
+                self._postgres.commit()
+        return self._postgres
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        """A write transaction: committed when the block ends, rolled back if it raises."""
+        if self.kind == "sqlite":
+            connection = self._connect_sqlite()
+            cursor = connection.cursor()
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SQLiteCursor(cursor)
+            except BaseException:
+                connection.rollback()
+                raise
+            connection.commit()
+            return
+        postgres = self._connect_postgres()
+        try:
+            with postgres.transaction(), postgres.cursor() as pg_cursor:
+                yield pg_cursor
+        except psycopg.OperationalError as error:
+            self._drop_postgres()
+            raise DatabaseUnavailable(f"{self.target.describe()}: {error}") from error
+
+    @contextmanager
+    def read(self) -> Iterator[Cursor]:
+        """A read-only snapshot (one transaction) for consistent queries."""
+        if self.kind == "sqlite":
+            connection = self._connect_sqlite()
+            cursor = connection.cursor()
+            cursor.execute("BEGIN")
+            try:
+                yield _SQLiteCursor(cursor)
+            finally:
+                connection.rollback()
+            return
+        postgres = self._connect_postgres()
+        try:
+            with postgres.transaction(), postgres.cursor() as pg_cursor:
+                pg_cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                yield pg_cursor
+        except psycopg.OperationalError as error:
+            self._drop_postgres()
+            raise DatabaseUnavailable(f"{self.target.describe()}: {error}") from error
+
+    def _drop_postgres(self) -> None:
+        if self._postgres is not None:
+            self._postgres.close()
+            self._postgres = None
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._sqlite is not None:
+            self._sqlite.close()
+            self._sqlite = None
+        self._drop_postgres()

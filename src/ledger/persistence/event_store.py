@@ -1,0 +1,78 @@
+"""The event store: an eventsourcing application whose recorder also keeps tracking and keys."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import Mapper, ProcessRecorder
+
+from ledger.persistence.mapper import OrjsonMapper
+from ledger.persistence.recorders import InboundKeyRecorder
+from ledger.persistence.urls import DatabaseTarget
+
+APPLICATION_NAME = "Ledger"
+
+
+def event_store_env(target: DatabaseTarget, *, create_table: bool) -> dict[str, str]:
+    """The eventsourcing environment for a database target."""
+    common = {
+        "CREATE_TABLE": "y" if create_table else "n",
+        "AGGREGATE_CACHE_MAXSIZE": "0",
+    }
+    if target.kind == "sqlite":
+        return {
+            **common,
+            "PERSISTENCE_MODULE": "ledger.persistence.recorders:LedgerSQLiteFactory",
+            "SQLITE_DBNAME": str(target.sqlite_path),
+            "SQLITE_LOCK_TIMEOUT": "30",
+        }
+    return {
+        **common,
+        "PERSISTENCE_MODULE": "ledger.persistence.recorders:LedgerPostgresFactory",
+        "POSTGRES_DBNAME": target.dbname,
+        "POSTGRES_HOST": target.host,
+        "POSTGRES_PORT": str(target.port),
+        "POSTGRES_USER": target.user,
+        "POSTGRES_PASSWORD": target.password,
+        "POSTGRES_SCHEMA": target.schema,
+        "POSTGRES_LOCK_TIMEOUT": "10",
+        "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "30",
+        "POSTGRES_POOL_SIZE": "2",
+        "POSTGRES_MAX_OVERFLOW": "2",
+        "POSTGRES_PRE_PING": "y",
+    }
+
+
+class EventStore(Application[UUID]):
+    """The ledger's event store; its recorder writes tracking and inbound keys with the events."""
+
+    name = APPLICATION_NAME
+
+    def construct_recorder(self) -> ProcessRecorder:
+        """A process recorder, so tracking is written in the events' transaction."""
+        return self.factory.process_recorder()
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        """The orjson mapper (clean public JSON in the store, fast)."""
+        return OrjsonMapper(transcoder=self.construct_transcoder())
+
+    @property
+    def process_recorder(self) -> ProcessRecorder:
+        """The recorder, typed as the process recorder it is."""
+        recorder = self.recorder
+        assert isinstance(recorder, ProcessRecorder)
+        return recorder
+
+    @property
+    def key_recorder(self) -> InboundKeyRecorder:
+        """The recorder, typed for inbound idempotency keys."""
+        recorder: Any = self.recorder
+        assert isinstance(recorder, InboundKeyRecorder)
+        return recorder
+
+
+def open_event_store(target: DatabaseTarget, *, create_table: bool = False) -> EventStore:
+    """Construct the event store for a database target."""
+    return EventStore(env=event_store_env(target, create_table=create_table))

@@ -1,0 +1,81 @@
+"""A fast JSON mapper for the event store: orjson on the way in, our value types on the way out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+from uuid import UUID
+
+import orjson
+from eventsourcing.domain import DomainEventProtocol, Snapshot
+from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent
+from eventsourcing.utils import get_topic, resolve_topic
+
+from ledger.domain.postings import Posting
+
+_DATETIME_FIELDS = ("timestamp",)
+_SNAPSHOT_DATETIME_FIELDS = ("_created_on", "_modified_on")
+
+
+@lru_cache(maxsize=256)
+def _resolve(topic: str) -> type[Any]:
+    resolved: type[Any] = resolve_topic(topic)
+    return resolved
+
+
+@lru_cache(maxsize=256)
+def _topic(cls: type[Any]) -> str:
+    return get_topic(cls)
+
+
+def decode_state(state: bytes) -> dict[str, Any]:
+    """The stored JSON of an event as plain data (what projections and relays read)."""
+    decoded: dict[str, Any] = orjson.loads(state)
+    return decoded
+
+
+class OrjsonMapper(Mapper[UUID]):
+    """Stores events as clean JSON; events hold only str, int, tuples of postings and timestamps."""
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
+        """Encode a domain event for the store."""
+        state = dict(vars(domain_event))
+        originator_id = state.pop("originator_id")
+        originator_version = state.pop("originator_version")
+        return StoredEvent(
+            originator_id=originator_id,
+            originator_version=originator_version,
+            topic=_topic(type(domain_event)),
+            state=orjson.dumps(state),
+        )
+
+    def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
+        """Decode a stored event back into its domain event class."""
+        cls = _resolve(stored_event.topic)
+        try:
+            state = decode_state(stored_event.state)
+            for name in _DATETIME_FIELDS:
+                state[name] = datetime.fromisoformat(state[name])
+            postings = state.get("postings")
+            if postings is not None:
+                state["postings"] = tuple(Posting(**posting) for posting in postings)
+            if issubclass(cls, Snapshot):
+                inner = state["state"]
+                for name in _SNAPSHOT_DATETIME_FIELDS:
+                    if name in inner:
+                        inner[name] = datetime.fromisoformat(inner[name])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise MapperDeserialisationError(
+                f"cannot decode {stored_event.topic} {stored_event.originator_id}"
+                f" v{stored_event.originator_version}: {error}"
+            ) from error
+        originator_id = stored_event.originator_id
+        state["originator_id"] = (
+            originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
+        )
+        state["originator_version"] = stored_event.originator_version
+        domain_event = object.__new__(cls)
+        object.__setattr__(domain_event, "__dict__", state)
+        event: DomainEventProtocol[UUID] = domain_event
+        return event

@@ -1,0 +1,101 @@
+"""Event-store recorders that also record inbound idempotency keys in the same transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresFactory, PostgresProcessRecorder
+from eventsourcing.sqlite import SQLiteCursor, SQLiteFactory, SQLiteProcessRecorder
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
+
+INBOUND_KEYS_TABLE = "ledger_inbound_keys"
+
+
+class InboundKeyRecorder:
+    """What the ingest needs beyond eventsourcing's process recorder."""
+
+    def select_inbound_keys(self, keys: Collection[str]) -> set[str]:
+        """The given idempotency keys that are already recorded."""
+        raise NotImplementedError
+
+
+class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
+    """SQLite process recorder with an inbound idempotency-key table."""
+
+    def construct_create_table_statements(self) -> list[str]:
+        """Create the library's tables and ours."""
+        statements = super().construct_create_table_statements()
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {INBOUND_KEYS_TABLE} (key TEXT PRIMARY KEY) WITHOUT ROWID"
+        )
+        return statements
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        keys: Collection[str] = kwargs.get("inbound_keys") or ()
+        if keys:
+            c.executemany(
+                f"INSERT INTO {INBOUND_KEYS_TABLE} (key) VALUES (?)", [(key,) for key in keys]
+            )
+        return super()._insert_events(c, stored_events, **kwargs)
+
+    def select_inbound_keys(self, keys: Collection[str]) -> set[str]:
+        """The given idempotency keys that are already recorded."""
+        found: set[str] = set()
+        ordered = list(keys)
+        chunk_max = 500
+        with self.datastore.transaction(commit=False) as c:
+            for start in range(0, len(ordered), chunk_max):
+                chunk = ordered[start : start + chunk_max]
+                marks = ",".join("?" * len(chunk))
+                c.execute(f"SELECT key FROM {INBOUND_KEYS_TABLE} WHERE key IN ({marks})", chunk)
+                found.update(row[0] for row in c.fetchall())
+        return found
+
+
+class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder):
+    """PostgreSQL process recorder with an inbound idempotency-key table."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        table = Identifier(self.datastore.schema or "public", INBOUND_KEYS_TABLE)
+        self.sql_create_statements.append(
+            SQL("CREATE TABLE IF NOT EXISTS {0} (key text PRIMARY KEY)").format(table)
+        )
+        self._insert_keys_statement = SQL("INSERT INTO {0} (key) SELECT unnest(%s::text[])").format(
+            table
+        )
+        self._select_keys_statement = SQL("SELECT key FROM {0} WHERE key = ANY(%s::text[])").format(
+            table
+        )
+
+    def _insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        keys: Collection[str] = kwargs.get("inbound_keys") or ()
+        if keys:
+            curs.execute(self._insert_keys_statement, (list(keys),))
+        super()._insert_events(curs, stored_events, **kwargs)
+
+    def select_inbound_keys(self, keys: Collection[str]) -> set[str]:
+        """The given idempotency keys that are already recorded."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_keys_statement, (list(keys),))
+            return {row["key"] for row in curs.fetchall()}
+
+
+class LedgerSQLiteFactory(SQLiteFactory):
+    """SQLite infrastructure whose process recorder keeps inbound keys."""
+
+    process_recorder_class = LedgerSQLiteProcessRecorder
+
+
+class LedgerPostgresFactory(PostgresFactory):
+    """PostgreSQL infrastructure whose process recorder keeps inbound keys."""
+
+    process_recorder_class = LedgerPostgresProcessRecorder

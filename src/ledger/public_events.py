@@ -1,0 +1,78 @@
+"""The public face of stored events: JSON for `ledger.events`, CloudEvents headers, history rows."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from eventsourcing.persistence import Notification
+
+from ledger.persistence.mapper import decode_state
+
+_INTERNAL_FIELDS = frozenset({"timestamp", "originator_topic", "postings"})
+
+_SPECIAL_NAMES = {"Opened": "account_opened"}
+
+
+@lru_cache(maxsize=256)
+def event_type_name(topic: str) -> str:
+    """The public snake-case name of a stored event topic (`...:Account.PaymentReceived`)."""
+    class_name = topic.rsplit(".", 1)[-1].rsplit(":", 1)[-1]
+    if class_name in _SPECIAL_NAMES:
+        return _SPECIAL_NAMES[class_name]
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", class_name).lower()
+
+
+def public_postings(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """An event's postings as public JSON (`debit`, `credit`, `amount`, `currency`)."""
+    return [
+        {
+            "debit": posting["debit"],
+            "credit": posting["credit"],
+            "amount": posting["amount_minor"],
+            "currency": posting["currency"],
+        }
+        for posting in state.get("postings") or ()
+    ]
+
+
+def public_data(state: dict[str, Any]) -> dict[str, Any]:
+    """An event's own fields, without the store's internals."""
+    return {key: value for key, value in state.items() if key not in _INTERNAL_FIELDS}
+
+
+def occurred_at(state: dict[str, Any]) -> str:
+    """The event's timestamp as RFC 3339 text."""
+    return datetime.fromisoformat(state["timestamp"]).isoformat()
+
+
+def public_event(notification: Notification, state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The domain event as the public JSON published on `ledger.events`."""
+    if state is None:
+        state = decode_state(notification.state)
+    data = public_data(state)
+    return {
+        "type": event_type_name(notification.topic),
+        "account_id": state["account_id"],
+        "version": notification.originator_version,
+        "occurred_at": occurred_at(state),
+        **{key: value for key, value in data.items() if key != "account_id"},
+        "postings": public_postings(state),
+    }
+
+
+def cloudevent_headers(
+    notification: Notification, public: dict[str, Any]
+) -> list[tuple[str, bytes]]:
+    """CloudEvents binary-mode headers for one published event."""
+    return [
+        ("ce_id", f"{public['account_id']}:{public['version']}".encode()),
+        ("ce_type", f"ledger.{public['type']}".encode()),
+        ("ce_source", b"ledger"),
+        ("ce_time", public["occurred_at"].encode()),
+        ("ce_specversion", b"1.0"),
+        ("ce_sequence", f"{notification.id:020d}".encode()),
+        ("content-type", b"application/json"),
+    ]

@@ -1,0 +1,36 @@
+"""Settings from the environment (prefix `LEDGER_`); none is required and an empty value is unset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every `LEDGER_*` variable the ledger reads."""
+
+    model_config = SettingsConfigDict(env_prefix="LEDGER_", env_ignore_empty=True, extra="ignore")
+
+    database_url: str = "sqlite:///ledger.db"
+    """`sqlite:///relative`, `sqlite:////absolute` or `postgresql://...`."""
+    kafka_bootstrap: str | None = None
+    """An external broker; unset means the embedded broker on 127.0.0.1:broker_port."""
+    broker_port: int = Field(default=19092, ge=1, le=65535)
+    policy: Path | None = None
+    """Path of the policy file; unset means the one shipped in the package."""
+    log_format: Literal["json", "console"] | None = None
+    """Unset: console on a terminal, JSON otherwise."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    partitions: int = Field(default=4, ge=1, le=1024)
+    actor: str | None = None
+    role: str | None = None
+    consumer_group_prefix: str = "ledger"
+    """Consumer groups are `<prefix>-ingest` and so on; scale out by starting more workers."""
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment."""
+    return Settings()

@@ -1,0 +1,49 @@
+"""Opening the ledger's storage: the event store plus the read-model database, schema included."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ledger.persistence.database import Database
+from ledger.persistence.event_store import EventStore, open_event_store
+from ledger.persistence.positions import POSITIONS_DDL
+from ledger.persistence.urls import DatabaseTarget, parse_database_url
+from ledger.settings import Settings
+
+
+@dataclass
+class Storage:
+    """The event store and a read-model connection for one database."""
+
+    target: DatabaseTarget
+    store: EventStore
+    database: Database
+
+    def close(self) -> None:
+        """Close every connection."""
+        self.database.close()
+        self.store.close()
+
+
+def prepare_schema(target: DatabaseTarget, extra_ddl: tuple[str, ...] = ()) -> None:
+    """Create every table once, before any worker starts (workers never create tables)."""
+    store = open_event_store(target, create_table=True)
+    store.close()
+    database = Database(target)
+    try:
+        with database.transaction() as cursor:
+            cursor.execute(POSITIONS_DDL)
+            for statement in extra_ddl:
+                cursor.execute(statement)
+    finally:
+        database.close()
+
+
+def open_storage(settings: Settings, *, create_table: bool = False) -> Storage:
+    """Open the event store and the read-model database named by the settings."""
+    target = parse_database_url(settings.database_url)
+    return Storage(
+        target=target,
+        store=open_event_store(target, create_table=create_table),
+        database=Database(target),
+    )

@@ -1,0 +1,71 @@
+"""Tailing the event store's notification log in batches (for the outbox relay and projections)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+import structlog
+from eventsourcing.persistence import (
+    InterfaceError,
+    Notification,
+    OperationalError,
+)
+
+from ledger import limits
+from ledger.persistence.database import DatabaseUnavailable
+from ledger.persistence.event_store import EventStore
+
+log = structlog.get_logger(__name__)
+
+
+class BatchHandler(Protocol):
+    """Something that processes notifications and records its own position atomically."""
+
+    name: str
+
+    def position(self) -> int:
+        """The last notification id this handler has fully processed."""
+        ...
+
+    def handle(self, notifications: Sequence[Notification]) -> None:
+        """Process a batch and record the last id as the new position."""
+        ...
+
+
+def run_tail(
+    store: EventStore,
+    handler: BatchHandler,
+    stop: threading.Event,
+    *,
+    batch_max: int = limits.notification_batch_max,
+    idle_s: float = limits.projection_idle_poll_s,
+    until_caught_up: bool = False,
+) -> int:
+    """Feed the handler every notification after its position until stopped; returns the count."""
+    recorder = store.process_recorder
+    handled = 0
+    backoff_s = limits.backoff_initial_s
+    position = handler.position()
+    while not stop.is_set():
+        try:
+            notifications = recorder.select_notifications(
+                start=position, limit=batch_max, inclusive_of_start=False
+            )
+            if notifications:
+                handler.handle(notifications)
+                position = notifications[-1].id
+                handled += len(notifications)
+            backoff_s = limits.backoff_initial_s
+        except (OperationalError, InterfaceError, DatabaseUnavailable) as error:
+            log.warning("database unavailable, retrying", worker=handler.name, error=str(error))
+            stop.wait(backoff_s)
+            backoff_s = min(backoff_s * 2, limits.backoff_max_s)
+            position = handler.position()
+            continue
+        if len(notifications) < batch_max:
+            if until_caught_up:
+                break
+            stop.wait(idle_s)
+    return handled

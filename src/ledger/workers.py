@@ -1,0 +1,105 @@
+"""The ledger's worker processes (`python -m ledger.workers NAME`): ingest, relay, projections.
+
+Part of the composition root: it wires the Kafka adapters, the event store, the ingest service
+and the projections together. Each worker stops cleanly on SIGTERM or SIGINT, finishing the
+batch in hand.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from types import FrameType
+
+import structlog
+
+from consumers.ingest import IngestConsumer
+from ledger.clock import SystemClock
+from ledger.ingest import IngestService
+from ledger.kafka.broker import resolve_bootstrap
+from ledger.kafka.clients import ResilientProducer, check_crc32c
+from ledger.logging import configure_logging
+from ledger.outbox import OutboxRelay
+from ledger.policy_file import load_policy
+from ledger.settings import Settings, load_settings
+from ledger.storage import open_storage
+from ledger.tailing import run_tail
+from projections.balances import BalancesProjection
+
+WORKER_NAMES = ("ingest", "relay", "projections")
+
+log = structlog.get_logger(__name__)
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """Turn SIGTERM and SIGINT into a stop request."""
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("stop requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+
+def run_worker(name: str, settings: Settings, stop: threading.Event) -> None:
+    """Run one worker until `stop` is set."""
+    structlog.contextvars.bind_contextvars(worker=name)
+    storage = open_storage(settings)
+    try:
+        if name == "ingest":
+            check_crc32c()
+            bootstrap = resolve_bootstrap(settings.kafka_bootstrap, settings.broker_port)
+            producer = ResilientProducer(bootstrap, stop=stop)
+            service = IngestService(
+                storage.store, policy=load_policy(settings.policy), clock=SystemClock()
+            )
+            consumer = IngestConsumer(
+                bootstrap=bootstrap,
+                service=service,
+                dead_letters=producer,
+                group_id=f"{settings.consumer_group_prefix}-ingest",
+                stop=stop,
+            )
+            log.info("ingest started", bootstrap=bootstrap, database=storage.target.describe())
+            try:
+                consumer.run()
+            finally:
+                producer.close()
+        elif name == "relay":
+            bootstrap = resolve_bootstrap(settings.kafka_bootstrap, settings.broker_port)
+            producer = ResilientProducer(bootstrap, stop=stop)
+            relay = OutboxRelay(storage.database, producer)
+            log.info("relay started", bootstrap=bootstrap, position=relay.position())
+            try:
+                run_tail(storage.store, relay, stop)
+            finally:
+                producer.close()
+        elif name == "projections":
+            projection = BalancesProjection(storage.database)
+            log.info("projections started", position=projection.position())
+            run_tail(storage.store, projection, stop)
+        else:
+            raise ValueError(f"unknown worker {name!r}; expected one of {WORKER_NAMES}")
+    finally:
+        storage.close()
+    log.info("worker stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of a worker process."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] not in WORKER_NAMES:
+        print(f"usage: python -m ledger.workers {{{'|'.join(WORKER_NAMES)}}}", file=sys.stderr)
+        return 2
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    run_worker(args[0], settings, stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

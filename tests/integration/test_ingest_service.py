@@ -1,0 +1,170 @@
+"""The ingest service against the real event store, on SQLite and PostgreSQL (one contract suite)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from eventsourcing.persistence import IntegrityError, Tracking
+
+from ledger.clock import FixedClock
+from ledger.domain.account import Account, account_uuid
+from ledger.domain.policy import Policy
+from ledger.ingest import InboundMessage, IngestService, PreparedBatch
+from ledger.persistence.database import Database
+from ledger.persistence.event_store import EventStore, open_event_store
+from ledger.persistence.urls import parse_database_url
+from ledger.tailing import run_tail
+from projections import balances, queries
+from tests.books import expected_balances, invoice, opened, payment
+
+POLICY = Policy(version="test-1")
+CLOCK = FixedClock(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[EventStore]:
+    event_store = open_event_store(parse_database_url(database_url), create_table=True)
+    yield event_store
+    event_store.close()
+
+
+def messages(lines: list[bytes], start_offset: int = 0) -> list[InboundMessage]:
+    return [
+        InboundMessage("payments.inbound", 0, start_offset + index, b"k", raw)
+        for index, raw in enumerate(lines)
+    ]
+
+
+def ingest(service: IngestService, lines: list[bytes], start: int = 0) -> PreparedBatch:
+    batch = service.prepare(messages(lines, start))
+    service.commit(batch, Tracking("payments.inbound:t:0", start + len(lines)))
+    return batch
+
+
+def project(database_url: str, store: EventStore) -> Database:
+    database = Database(parse_database_url(database_url))
+    balances.create_tables(database)
+    import threading
+
+    run_tail(store, balances.BalancesProjection(database), threading.Event(), until_caught_up=True)
+    return database
+
+
+def test_overpayment_books_and_read_model(database_url: str, store: EventStore) -> None:
+    service = IngestService(store, policy=POLICY, clock=CLOCK)
+    lines = [opened("e1", "A"), invoice("e2", "A", 12_000), payment("e3", "A", 15_000)]
+    batch = ingest(service, lines)
+    assert batch.applied == 3 and not batch.dead_letters
+    database = project(database_url, store)
+    answer = queries.balance(database, "A")
+    assert answer["receivable"] == 0
+    assert answer["customer_credit"] == 3_000
+    assert answer["cash"] == 15_000
+    assert answer["revenue"] == 12_000
+    assert answer["position"] == store.process_recorder.max_notification_id()
+    trial = queries.trial_balance(database)
+    assert trial["currencies"]["USD"]["total"] == 0
+    assert trial["currencies"]["USD"]["accounts"] == {
+        "cash": 15_000,
+        "customer_credit": -3_000,
+        "receivable": 0,
+        "revenue": -12_000,
+    }
+    events = queries.history(database, "A", limit=100)
+    assert [event["type"] for event in events] == [
+        "account_opened",
+        "invoice_issued",
+        "payment_received",
+        "overpayment_detected",
+    ]
+    assert events[2]["postings"] == [
+        {"debit": "cash", "credit": "receivable", "amount": 12_000, "currency": "USD"},
+        {"debit": "cash", "credit": "customer_credit", "amount": 3_000, "currency": "USD"},
+    ]
+    database.close()
+
+
+def test_same_event_id_twice_changes_nothing(database_url: str, store: EventStore) -> None:
+    service = IngestService(store, policy=POLICY, clock=CLOCK)
+    lines = [opened("e1", "A"), payment("e2", "A", 500)]
+    ingest(service, lines)
+    # The same facts at new offsets, in one batch and within a batch, by a fresh service.
+    again = IngestService(store, policy=POLICY, clock=CLOCK)
+    batch = ingest(again, [*lines, payment("e2", "A", 500)], start=2)
+    assert batch.applied == 0
+    assert batch.duplicates == 3
+    database = project(database_url, store)
+    assert queries.balance(database, "A")["customer_credit"] == 500
+    database.close()
+
+
+def test_bad_messages_become_dead_letters(store: EventStore) -> None:
+    service = IngestService(store, policy=POLICY, clock=CLOCK)
+    lines = [
+        opened("e1", "A"),
+        b"not json",
+        b'{"type": "payment.received"}',
+        payment("e2", "NOBODY", 100),
+        payment("e3", "A", 100, currency="EUR"),
+        payment("e4", "A", 100),
+        b'{"event_id":"r1","processor":"p","account_id":"A","occurred_at":"2026-11-25T10:00:00Z",'
+        b'"type":"refund.failed","refund_id":"r","reason":"card closed"}',
+    ]
+    batch = ingest(service, lines)
+    kinds = [(letter.message.offset, letter.kind) for letter in batch.dead_letters]
+    assert sorted(kinds) == [
+        (1, "not_json"),
+        (2, "contract"),
+        (3, "unknown_account"),
+        (4, "domain_rule"),
+        (6, "domain_rule"),
+    ]
+    assert batch.applied == 2
+    reasons = {letter.message.offset: letter.reason for letter in batch.dead_letters}
+    assert "NOBODY" in reasons[3]
+    assert "not handled yet" in reasons[6]
+
+
+def test_redelivered_position_is_refused(store: EventStore) -> None:
+    service = IngestService(store, policy=POLICY, clock=CLOCK)
+    ingest(service, [opened("e1", "A")])
+    batch = service.prepare(messages([payment("e2", "A", 100)], 0))
+    with pytest.raises(IntegrityError):
+        service.commit(batch, Tracking("payments.inbound:t:0", 1))
+    assert store.process_recorder.has_tracking_id("payments.inbound:t:0", 1)
+
+
+def test_version_conflict_then_reload(store: EventStore) -> None:
+    first = IngestService(store, policy=POLICY, clock=CLOCK)
+    second = IngestService(store, policy=POLICY, clock=CLOCK)
+    first.commit(first.prepare(messages([opened("e1", "A")])), Tracking("x:0", 1))
+    second.commit(second.prepare(messages([invoice("e2", "A", 100)], 1)), Tracking("y:0", 2))
+    stale = first.prepare(messages([payment("e3", "A", 300)], 1))
+    with pytest.raises(IntegrityError):
+        first.commit(stale, Tracking("x:0", 2))
+    first.evict(stale.touched)
+    first.commit(first.prepare(messages([payment("e3", "A", 300)], 1)), Tracking("x:0", 2))
+    account = store.repository.get(account_uuid("A"))
+    assert isinstance(account, Account)
+    assert account.balances == {"receivable": 0, "revenue": -100, "cash": 300,
+                                "customer_credit": -200}
+
+
+def test_replay_gives_the_same_state(store: EventStore) -> None:
+    service = IngestService(store, policy=POLICY, clock=CLOCK)
+    lines = [opened("e1", "A"), invoice("e2", "A", 700), payment("e3", "A", 1_000)]
+    ingest(service, lines)
+    cached = service._load("A")
+    replayed = store.repository.get(account_uuid("A"))
+    assert isinstance(replayed, Account)
+    assert cached is not None
+    assert replayed.balances == cached.balances
+    assert replayed.version == cached.version
+    assert replayed.balances == {
+        f"{name}": value for name, value in cached.balances.items()
+    }
+    model = expected_balances(lines)["A"]
+    assert replayed.balances["cash"] == model["cash"]
+    assert -replayed.balances["customer_credit"] == model["customer_credit"]
