@@ -24,6 +24,7 @@ from eventsourcing.persistence import (
     Tracking,
 )
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 
 from ledger import limits
 from ledger.ingest import DeadLetter, InboundMessage, IngestService
@@ -97,7 +98,7 @@ class IngestConsumer:
         self.stop = stop
         self.topic = topic
         self.dlq_topic = dlq_topic
-        self.watcher = TopicWatcher(bootstrap, topic)
+        self.watcher = TopicWatcher(bootstrap)
         self.topic_id = ""
         self.partitions: dict[int, PartitionState] = {}
         self.consumer: KafkaConsumer | None = None
@@ -131,11 +132,12 @@ class IngestConsumer:
                     self.check_incarnation()
                     next_check = time.monotonic() + limits.topic_check_interval_s
         finally:
+            self.watcher.close()
             consumer.close(autocommit=False)
             self.consumer = None
 
     def _current_topic_id(self) -> str:
-        topic_id = self.watcher.topic_id()
+        topic_id = self.watcher.topic_id(self.topic)
         return topic_id or "unknown"
 
     def assign(self, assigned: Sequence[TopicPartition]) -> None:
@@ -171,7 +173,11 @@ class IngestConsumer:
         consumer = self.consumer
         if consumer is None:
             return
-        current = self.watcher.topic_id()
+        try:
+            current = self.watcher.topic_id(self.topic)
+        except KafkaError as error:
+            log.warning("cannot check the topic id", topic=self.topic, error=str(error))
+            return
         if current is None:
             return
         assigned = sorted(consumer.assignment(), key=lambda tp: tp.partition)

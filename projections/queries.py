@@ -42,8 +42,7 @@ def balance(database: Database, account_id: str, *, at: datetime | None = None) 
         raw: dict[str, int] = {}
         if at is None:
             cursor.execute(
-                "SELECT ledger_account, debit_minus_credit FROM rm_balances"
-                " WHERE account_id = %s",
+                "SELECT ledger_account, debit_minus_credit FROM rm_balances WHERE account_id = %s",
                 (account_id,),
             )
             raw = {str(name): int(amount) for name, amount in cursor.fetchall()}

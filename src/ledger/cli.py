@@ -113,9 +113,7 @@ def _money_table(title: str, rows: list[tuple[str, Any]]) -> Table:
 @app.command()
 def balance(
     account: str,
-    at: Annotated[
-        datetime | None, typer.Option("--at", help="As of this time (RFC 3339).")
-    ] = None,
+    at: Annotated[datetime | None, typer.Option("--at", help="As of this time (RFC 3339).")] = None,
     json_output: JsonOption = False,
     wait: WaitOption = False,
     timeout: TimeoutOption = limits.query_wait_timeout_s,
@@ -170,7 +168,10 @@ def history(
             f"{p['debit']} / {p['credit']} {p['amount']} {p['currency']}" for p in event["postings"]
         )
         table.add_row(
-            str(event["version"]), event["type"], event["occurred_at"], str(event["position"]),
+            str(event["version"]),
+            event["type"],
+            event["occurred_at"],
+            str(event["position"]),
             postings,
         )
     stdout.print(table)
@@ -369,7 +370,7 @@ def broker(
     stderr.print(f"broker listening on {embedded.bootstrap} (messages are kept in memory only)")
     try:
         while not stop.wait(0.5):
-            if embedded.exited():
+            if not embedded.is_running():
                 raise Refused("the broker exited unexpectedly")
     finally:
         embedded.stop()

@@ -28,47 +28,81 @@ def scenario(suffix: str) -> list[tuple[str, bytes]]:
     account = f"ACC-DEMO-{suffix}"
     now = datetime.now(UTC).isoformat()
 
-    def line(event_id: str, kind: str, **fields: Any) -> bytes:
+    def line(event_id: str, event_type: str, **fields: Any) -> bytes:
         body = {
             "event_id": f"{event_id}-{suffix}",
             "processor": "demo-pay",
             "account_id": fields.pop("account_id", account),
             "occurred_at": now,
-            "type": kind,
+            "type": event_type,
             **fields,
         }
         return orjson.dumps(body)
 
     usd = "USD"
     payment = line(
-        "evt-3", "payment.received", payment_id="pay-1",
-        amount={"value": 15000, "currency": usd}, method="card", invoice_id="inv-1",
+        "evt-3",
+        "payment.received",
+        payment_id="pay-1",
+        amount={"value": 15000, "currency": usd},
+        method="card",
+        invoice_id="inv-1",
     )
     return [
-        ("open a monthly account in USD", line(
-            "evt-1", "account.opened", customer_id="cust-42", kind="monthly",
-            jurisdiction="US-CA", currency=usd)),
-        ("bill it USD 120.00", line(
-            "evt-2", "invoice.issued", invoice_id="inv-1",
-            amount={"value": 12000, "currency": usd}, due_date="2026-12-01")),
+        (
+            "open a monthly account in USD",
+            line(
+                "evt-1",
+                "account.opened",
+                customer_id="cust-42",
+                kind="monthly",
+                jurisdiction="US-CA",
+                currency=usd,
+            ),
+        ),
+        (
+            "bill it USD 120.00",
+            line(
+                "evt-2",
+                "invoice.issued",
+                invoice_id="inv-1",
+                amount={"value": 12000, "currency": usd},
+                due_date="2026-12-01",
+            ),
+        ),
         ("the customer pays USD 150.00: USD 30.00 too much", payment),
         ("the processor delivers the same payment again", payment),
         ("a line that is not JSON", b'{"event_id": "broken'),
-        ("a payment for an account nobody opened", line(
-            "evt-4", "payment.received", account_id=f"ACC-NOBODY-{suffix}", payment_id="pay-9",
-            amount={"value": 500, "currency": usd}, method="ach")),
+        (
+            "a payment for an account nobody opened",
+            line(
+                "evt-4",
+                "payment.received",
+                account_id=f"ACC-NOBODY-{suffix}",
+                payment_id="pay-9",
+                amount={"value": 500, "currency": usd},
+                method="ach",
+            ),
+        ),
     ]
 
 
 def _tail(bootstrap: str, topic: str, match: str) -> list[Any]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             consumer_timeout_ms=1500, fetch_max_wait_ms=50)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        consumer_timeout_ms=1500,
+        fetch_max_wait_ms=50,
+    )
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
-        return [record for record in consumer if match.encode() in (record.value or b"")
-                or match.encode() in (record.key or b"")]
+        return [
+            record
+            for record in consumer
+            if match.encode() in (record.value or b"") or match.encode() in (record.key or b"")
+        ]
     finally:
         consumer.close()
 
@@ -84,8 +118,9 @@ def run_demo(settings: Settings, *, json_output: bool, out: Console, err: Consol
         err.print("starting the broker (if none listens), the workers and a temporary database")
         supervisor.start()
         try:
-            summary = _drive(supervisor, demo_settings, suffix, out=out, err=err,
-                             json_output=json_output)
+            summary = _drive(
+                supervisor, demo_settings, suffix, out=out, err=err, json_output=json_output
+            )
         finally:
             supervisor.stop()
     if json_output:
@@ -93,7 +128,12 @@ def run_demo(settings: Settings, *, json_output: bool, out: Console, err: Consol
 
 
 def _drive(
-    supervisor: Supervisor, settings: Settings, suffix: str, *, out: Console, err: Console,
+    supervisor: Supervisor,
+    settings: Settings,
+    suffix: str,
+    *,
+    out: Console,
+    err: Console,
     json_output: bool,
 ) -> dict[str, Any]:
     lines = scenario(suffix)
@@ -147,9 +187,13 @@ def _print_summary(summary: dict[str, Any], out: Console) -> None:
     for column in ("version", "event", "postings"):
         table.add_column(column)
     for event in summary["history"]:
-        postings = "; ".join(
-            f"debit {p['debit']} / credit {p['credit']} {p['amount']}" for p in event["postings"]
-        ) or "-"
+        postings = (
+            "; ".join(
+                f"debit {p['debit']} / credit {p['credit']} {p['amount']}"
+                for p in event["postings"]
+            )
+            or "-"
+        )
         table.add_row(str(event["version"]), event["type"], postings)
     out.print(table)
     for request in summary["notifications"]:

@@ -193,7 +193,7 @@ class IngestService:
             self._cache.move_to_end(account_id)
             return account
         try:
-            loaded = self.store.repository.get(account_uuid(account_id))
+            loaded: object = self.store.repository.get(account_uuid(account_id))
         except AggregateNotFoundError:
             return None
         if not isinstance(loaded, Account):

@@ -48,3 +48,29 @@ shutdown_grace_s = 8.0
 worker_restart_max = 20
 """Restarts of a crashed worker before `ledger run` gives up and exits."""
 broker_start_timeout_s = 30.0
+
+# Kafka clients and the embedded broker (added with the Kafka plumbing).
+broker_stop_timeout_s = 6.0
+"""How long `EmbeddedBroker.stop()` waits after SIGTERM before SIGKILL (Tansu drains for 5 s)."""
+client_bootstrap_timeout_ms = 10_000
+"""How long a new Kafka client waits for its first answer from the cluster before failing."""
+client_request_timeout_ms = 10_000
+"""How long a producer or admin client waits for the answer to one request."""
+producer_send_block_timeout_ms = 10_000
+"""How long `KafkaProducer.send` may block for metadata or buffer space (kafka `max_block_ms`)."""
+producer_delivery_timeout_ms = 30_000
+"""How long a queued record may wait for its acknowledgement before it fails."""
+producer_flush_timeout_s = 40.0
+"""Longest one flush waits for a batch's acknowledgements before the producer is rebuilt."""
+producer_close_timeout_s = 1.0
+"""How long closing a broken producer may wait for its in-flight requests."""
+producer_request_bytes_max = 1024 * 1024
+"""Largest produce request and record: above any message we consume, so any can be dead-lettered."""
+producer_batch_bytes_max = 256 * 1024
+"""Bytes a producer gathers per partition batch before sending it."""
+producer_pending_max = 100_000
+"""Unacknowledged messages one ResilientProducer keeps for re-sending; a full buffer flushes."""
+
+# Dead letters.
+reason_chars_max = 300
+"""Longest one-line `error_reason` of a refused message (longer reasons are cut with "...")."""

@@ -67,9 +67,7 @@ class OutboxRelay:
             public = public_event(notification, state)
             key = str(public["account_id"]).encode()
             headers = cloudevent_headers(notification, public)
-            self.producer.send(
-                LEDGER_EVENTS, key=key, value=orjson.dumps(public), headers=headers
-            )
+            self.producer.send(LEDGER_EVENTS, key=key, value=orjson.dumps(public), headers=headers)
             if public["type"] == "overpayment_detected":
                 request = notification_request(public)
                 self.producer.send(

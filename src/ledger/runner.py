@@ -99,8 +99,12 @@ class Supervisor:
             child.restarts += 1
             if child.restarts > limits.worker_restart_max:
                 raise SupervisorFailed(f"worker {child.name} exited {child.restarts} times")
-            log.error("worker exited: restarting", worker=child.name, exit_code=code,
-                      restarts=child.restarts)
+            log.error(
+                "worker exited: restarting",
+                worker=child.name,
+                exit_code=code,
+                restarts=child.restarts,
+            )
             time.sleep(min(limits.backoff_initial_s * child.restarts, limits.backoff_max_s))
             child.process = self._spawn(child.name)
             child.started_at = time.monotonic()

@@ -1,4 +1,4 @@
-"""Settings from the environment (prefix `LEDGER_`); none is required and an empty value is unset."""
+"""Settings from the environment (prefix `LEDGER_`): none is required; empty means unset."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ingest service against the real event store, on SQLite and PostgreSQL (one contract suite)."""
+"""The ingest service against the real event store: one contract suite, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -148,8 +148,12 @@ def test_version_conflict_then_reload(store: EventStore) -> None:
     first.commit(first.prepare(messages([payment("e3", "A", 300)], 1)), Tracking("x:0", 2))
     account = store.repository.get(account_uuid("A"))
     assert isinstance(account, Account)
-    assert account.balances == {"receivable": 0, "revenue": -100, "cash": 300,
-                                "customer_credit": -200}
+    assert account.balances == {
+        "receivable": 0,
+        "revenue": -100,
+        "cash": 300,
+        "customer_credit": -200,
+    }
 
 
 def test_replay_gives_the_same_state(store: EventStore) -> None:
@@ -162,9 +166,7 @@ def test_replay_gives_the_same_state(store: EventStore) -> None:
     assert cached is not None
     assert replayed.balances == cached.balances
     assert replayed.version == cached.version
-    assert replayed.balances == {
-        f"{name}": value for name, value in cached.balances.items()
-    }
+    assert replayed.balances == {f"{name}": value for name, value in cached.balances.items()}
     model = expected_balances(lines)["A"]
     assert replayed.balances["cash"] == model["cash"]
     assert -replayed.balances["customer_credit"] == model["customer_credit"]

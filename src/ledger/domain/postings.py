@@ -68,9 +68,7 @@ def natural_balance(ledger_account: str, debit_minus_credit_minor: int) -> int:
     return -debit_minus_credit_minor
 
 
-def apply_postings(
-    balances: Mapping[str, int], postings: Iterable[Posting]
-) -> dict[str, int]:
+def apply_postings(balances: Mapping[str, int], postings: Iterable[Posting]) -> dict[str, int]:
     """Balances (debits minus credits per ledger account) after the postings."""
     result = dict(balances)
     for posting in postings:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from ledger.persistence.database import Cursor
 
 POSITIONS_DDL = (
-    "CREATE TABLE IF NOT EXISTS ledger_positions ("
-    "name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
+    "CREATE TABLE IF NOT EXISTS ledger_positions (name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
 )
 
 

@@ -55,9 +55,7 @@ def parse_database_url(url: str, *, cwd: Path | None = None) -> DatabaseTarget:
         return DatabaseTarget(kind="sqlite", sqlite_path=path.resolve())
     if url.startswith(("postgresql://", "postgres://")):
         parts = urlsplit(url)
-        query = dict(
-            pair.split("=", 1) for pair in parts.query.split("&") if "=" in pair
-        )
+        query = dict(pair.split("=", 1) for pair in parts.query.split("&") if "=" in pair)
         return DatabaseTarget(
             kind="postgresql",
             host=parts.hostname or "127.0.0.1",

@@ -1,0 +1,259 @@
+"""Kafka producers and consumers configured the ledger's way, and a producer that survives restarts.
+
+Tansu 0.6.0 forgets idempotent producer ids on restart: a producer that outlives the broker fails
+for good (`UnknownProducerIdError`, then `InitProducerId` answers UnknownError), while a new
+producer works at once. `ResilientProducer` therefore rebuilds its producer on any Kafka error
+and re-sends the whole unacknowledged batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import kafka.errors as kafka_errors
+import kafka.record.util as kafka_record_util
+import structlog
+from kafka import KafkaConsumer, KafkaProducer
+
+from ledger import limits
+
+log = structlog.get_logger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+# Errors a rebuilt producer cannot cure: re-sending the same message would fail the same way.
+_HOPELESS_ERRORS: tuple[type[kafka_errors.KafkaError], ...] = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.InvalidRecordError,
+    kafka_errors.AuthorizationError,
+    kafka_errors.KafkaConfigurationError,
+    kafka_errors.IllegalArgumentError,
+)
+
+
+def check_crc32c() -> None:
+    """Fail unless kafka-python uses the C crc32c (pure Python checks cut consumption by ~7x)."""
+    if kafka_record_util.crc32c_c is None:
+        raise RuntimeError(
+            "kafka-python found no C crc32c implementation and would check every record batch "
+            "in pure Python (about 7x slower consumption): install the `crc32c` package"
+        )
+
+
+def make_producer(bootstrap: str, *, client_id: str = "ledger-producer") -> KafkaProducer:
+    """Build an idempotent producer (acks=all) that batches briefly and fails within bounds."""
+    return KafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        batch_size=limits.producer_batch_bytes_max,
+        max_request_size=limits.producer_request_bytes_max,
+        max_block_ms=limits.producer_send_block_timeout_ms,
+        request_timeout_ms=limits.client_request_timeout_ms,
+        delivery_timeout_ms=limits.producer_delivery_timeout_ms,
+        bootstrap_timeout_ms=limits.client_bootstrap_timeout_ms,
+    )
+
+
+def make_consumer(bootstrap: str, *, group_id: str | None, client_id: str) -> KafkaConsumer:
+    """Build a consumer of raw bytes: no auto-commit, earliest reset, short fetch waits."""
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=limits.fetch_max_wait_ms,
+        max_poll_records=limits.poll_records_max,
+        session_timeout_ms=limits.consumer_session_timeout_ms,
+        heartbeat_interval_ms=limits.consumer_session_timeout_ms // 3,
+        bootstrap_timeout_ms=limits.client_bootstrap_timeout_ms,
+    )
+
+
+class ProducerFailed(Exception):
+    """A batch could not be delivered even through rebuilt producers; nothing of it is certain."""
+
+
+class ProducerStopped(Exception):
+    """The stop event was set while the producer waited to retry; the batch is not delivered."""
+
+
+@dataclass
+class _Outgoing:
+    """One message of the unflushed batch and its future on the current producer."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    future: Any = None
+
+
+class ResilientProducer:
+    """Sends batches through an idempotent producer, rebuilding it and re-sending on any failure.
+
+    Pattern: `send()` many messages, then `flush()`; when `flush()` returns, every message sent
+    since the previous flush is acknowledged (`acks=all`). On a Kafka error the producer is closed,
+    rebuilt after a back-off and the whole unacknowledged batch is sent again in its original
+    order (so some messages may arrive twice: consumers deduplicate). After
+    `limits.producer_retry_max` rebuilds `flush()` raises ProducerFailed. Not thread-safe.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        stop: threading.Event | None = None,
+        factory: Callable[[str], KafkaProducer] = make_producer,
+    ) -> None:
+        """Prepare to send to `bootstrap`; the producer itself is built on first use."""
+        self._bootstrap = bootstrap
+        self._stop = stop if stop is not None else threading.Event()
+        self._factory = factory
+        self._producer: KafkaProducer | None = None
+        self._broken: kafka_errors.KafkaError | None = None
+        self._pending: list[_Outgoing] = []
+        self._closed = False
+
+    @property
+    def pending(self) -> int:
+        """Messages sent since the last successful flush."""
+        return len(self._pending)
+
+    def send(
+        self,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+    ) -> None:
+        """Queue one message; `flush()` makes sure it is delivered."""
+        if self._closed:
+            raise RuntimeError("send() on a closed ResilientProducer")
+        if len(self._pending) >= limits.producer_pending_max:
+            self.flush()
+        message = _Outgoing(topic=topic, key=key, value=value, headers=list(headers))
+        self._pending.append(message)
+        if self._broken is None:
+            self._send_now(message)
+
+    def flush(self) -> None:
+        """Deliver every queued message, rebuilding the producer as needed; raise if impossible."""
+        if self._closed:
+            raise RuntimeError("flush() on a closed ResilientProducer")
+        rebuilds = 0
+        while self._pending:
+            error = self._flush_once()
+            if error is None:
+                self._pending.clear()
+                return
+            if isinstance(error, _HOPELESS_ERRORS):
+                self._discard_producer()
+                raise ProducerFailed(
+                    f"Kafka refused a message of the batch, retrying cannot help: {error!r}"
+                ) from error
+            rebuilds += 1
+            if rebuilds > limits.producer_retry_max:
+                self._discard_producer()
+                raise ProducerFailed(
+                    f"could not deliver {len(self._pending)} messages to {self._bootstrap} after "
+                    f"{limits.producer_retry_max} producer rebuilds: {error!r}"
+                ) from error
+            self._rebuild(error, rebuilds)
+
+    def close(self) -> None:
+        """Close the producer; messages not yet flushed are dropped (and logged)."""
+        if self._pending:
+            log.warning("closing producer with unflushed messages", messages=len(self._pending))
+        self._pending.clear()
+        self._discard_producer(timeout_s=limits.producer_close_timeout_s)
+        self._closed = True
+
+    def __enter__(self) -> ResilientProducer:
+        """Use as a context manager; closes on exit."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the producer."""
+        self.close()
+
+    def _send_now(self, message: _Outgoing) -> None:
+        """Hand one message to the current producer, building it if needed; note any failure."""
+        try:
+            if self._producer is None:
+                self._producer = self._factory(self._bootstrap)
+            message.future = self._producer.send(
+                message.topic, value=message.value, key=message.key, headers=message.headers
+            )
+        except kafka_errors.KafkaError as error:
+            if isinstance(error, _HOPELESS_ERRORS):
+                self._pending.remove(message)
+                raise
+            self._broken = error
+
+    def _flush_once(self) -> kafka_errors.KafkaError | None:
+        """Send what is not yet on the producer, flush, and return the first error, if any."""
+        for message in self._pending:
+            if self._broken is not None:
+                return self._broken
+            if message.future is None:
+                self._send_now(message)
+        if self._broken is not None:
+            return self._broken
+        producer = self._producer
+        assert producer is not None
+        try:
+            producer.flush(timeout=limits.producer_flush_timeout_s)
+        except kafka_errors.KafkaError as error:
+            return error
+        for message in self._pending:
+            try:
+                message.future.get(timeout=0)  # done after flush: raises the record's error
+            except kafka_errors.KafkaError as error:
+                return error
+        return None
+
+    def _rebuild(self, error: kafka_errors.KafkaError, attempt: int) -> None:
+        """Close the failed producer, wait the back-off (interruptibly), mark all for re-send."""
+        delay = min(limits.backoff_initial_s * 2 ** (attempt - 1), limits.backoff_max_s)
+        log.warning(
+            "producer failed: rebuilding it and re-sending the batch",
+            error=repr(error),
+            attempt=attempt,
+            attempts_max=limits.producer_retry_max,
+            backoff_s=delay,
+            messages=len(self._pending),
+            bootstrap=self._bootstrap,
+        )
+        self._discard_producer()
+        for message in self._pending:
+            message.future = None
+        if self._stop.wait(delay):
+            raise ProducerStopped(
+                f"stopped while retrying; {len(self._pending)} messages were not delivered"
+            ) from error
+
+    def _discard_producer(self, timeout_s: float = limits.producer_close_timeout_s) -> None:
+        """Close the current producer (briefly) and forget it."""
+        producer, self._producer = self._producer, None
+        self._broken = None
+        if producer is not None:
+            try:
+                producer.close(timeout=timeout_s)
+            except Exception as close_error:  # a broken producer may fail to close
+                log.debug("closing producer failed", error=repr(close_error))

@@ -1,0 +1,144 @@
+"""Driving the real `ledger` processes over a real broker, and reading back what they did."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from ledger.persistence.database import Database
+from ledger.persistence.urls import parse_database_url
+from projections import balances as balances_projection
+from projections import queries
+
+LEDGER = [sys.executable, "-m", "ledger"]
+WAIT_S = 90.0
+
+
+def ledger_env(bootstrap: str, database_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a ledger process under test."""
+    env = dict(os.environ)
+    env.update(
+        LEDGER_KAFKA_BOOTSTRAP=bootstrap,
+        LEDGER_DATABASE_URL=database_url,
+        LEDGER_LOG_FORMAT="json",
+        LEDGER_PARTITIONS="4",
+        **extra,
+    )
+    return env
+
+
+def start_ledger_run(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start `ledger run` in its own process group, logging to a file."""
+    log_file = log_path.open("ab")
+    return subprocess.Popen(
+        [*LEDGER, "run"],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_ledger_run(process: subprocess.Popen[bytes], *, kill: bool = False) -> None:
+    """Stop `ledger run`: SIGTERM (clean) or SIGKILL of the supervisor alone (a crash)."""
+    if process.poll() is not None:
+        return
+    if kill:
+        process.send_signal(signal.SIGKILL)
+    else:
+        process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+def run_cli(
+    args: Sequence[str], env: dict[str, str], stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run one `ledger` command to completion."""
+    return subprocess.run(
+        [*LEDGER, *args], env=env, input=stdin, capture_output=True, timeout=120, check=False
+    )
+
+
+def publish(
+    bootstrap: str, lines: Sequence[bytes], key_of: Callable[[bytes], bytes | None]
+) -> None:
+    """Send lines to payments.inbound directly (faster than the CLI for big tests)."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    for raw in lines:
+        producer.send("payments.inbound", key=key_of(raw), value=raw)
+    producer.flush()
+    producer.close()
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+    """Poll a condition with back-off until it holds; fail with `what` if it never does."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+
+
+def read_balances(database_url: str, account_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Raw debits-minus-credits balances of the given accounts, from the read model."""
+    database = Database(parse_database_url(database_url))
+    try:
+        balances_projection.create_tables(database)
+        result: dict[str, dict[str, int]] = {}
+        for account_id in account_ids:
+            try:
+                answer = queries.balance(database, account_id)
+            except queries.NotFound:
+                continue
+            result[account_id] = {
+                name: value
+                for name, value in answer.items()
+                if isinstance(value, int) and name != "position" and value != 0
+            }
+        return result
+    finally:
+        database.close()
+
+
+def natural(expected: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The test model's balances on their natural side, zeros dropped."""
+    return {
+        account: {name: value for name, value in books.items() if value != 0}
+        for account, books in expected.items()
+    }
+
+
+def trial_balance(database_url: str) -> dict[str, Any]:
+    """The trial balance from the read model."""
+    database = Database(parse_database_url(database_url))
+    try:
+        return queries.trial_balance(database)
+    finally:
+        database.close()
+
+
+def read_topic(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of a topic, from its start (assign + seek, no group)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        consumer_timeout_ms=2000,
+        fetch_max_wait_ms=50,
+    )
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        return list(consumer)
+    finally:
+        consumer.close()

@@ -1,0 +1,262 @@
+"""Kafka plumbing against a real embedded Tansu broker: topics, ids, restarts, parent death."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import MessageSizeTooLargeError
+
+from ledger import limits
+from ledger.kafka.broker import (
+    BrokerUnavailable,
+    EmbeddedBroker,
+    is_listening,
+    resolve_bootstrap,
+)
+from ledger.kafka.clients import (
+    ProducerStopped,
+    ResilientProducer,
+    check_crc32c,
+    make_consumer,
+    make_producer,
+)
+from ledger.kafka.topics import TopicWatcher, ensure_topics, make_admin, topic_id
+from tests.brokers import free_port
+
+POLL_DEADLINE_S = 10.0
+
+
+def unique_topic(prefix: str) -> str:
+    """A topic name no other test uses."""
+    return f"test.{prefix}.{uuid.uuid4().hex[:10]}"
+
+
+def read_all(bootstrap: str, topic: str, expected: int) -> tuple[list[bytes], int]:
+    """Read a topic from its start with assign(); return the values and the summed highwater."""
+    consumer = make_consumer(bootstrap, group_id=None, client_id="test-reader")
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        assert partitions, f"topic {topic} has no partitions"
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning()
+        values: list[bytes] = []
+        deadline = time.monotonic() + POLL_DEADLINE_S
+        while len(values) < expected and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                values.extend(record.value for record in records)
+        consumer.poll(timeout_ms=200)  # one more fetch: nothing further may arrive
+        highwater = sum(consumer.highwater(tp) or 0 for tp in assigned)
+        return values, highwater
+    finally:
+        consumer.close()
+
+
+def test_crc32c_is_the_c_implementation() -> None:
+    check_crc32c()
+
+
+def test_ensure_topics_creates_requested_partition_count(broker: EmbeddedBroker) -> None:
+    names = [unique_topic("three"), unique_topic("three")]
+    ensure_topics(broker.bootstrap, 3, names)
+    ensure_topics(broker.bootstrap, 3, names)  # a second call finds them and changes nothing
+
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap)
+    try:
+        for name in names:
+            # 3, not Tansu's auto-creation default of 4: ensure_topics created them.
+            assert consumer.partitions_for_topic(name) == {0, 1, 2}
+    finally:
+        consumer.close()
+
+    with TopicWatcher(broker.bootstrap) as watcher:
+        info = watcher.describe(names[0])
+        assert info is not None
+        assert info.partitions == (0, 1, 2)
+        assert info.topic_id is not None
+        uuid.UUID(info.topic_id)
+        assert watcher.describe(unique_topic("missing")) is None
+
+
+def test_topic_id_changes_when_broker_restarts(fresh_broker: EmbeddedBroker) -> None:
+    name = unique_topic("ids")
+    ensure_topics(fresh_broker.bootstrap, 2, [name])
+    admin = make_admin(fresh_broker.bootstrap)
+    try:
+        before = topic_id(admin, name)
+    finally:
+        admin.close()
+    assert before is not None
+
+    fresh_broker.stop()
+    assert not is_listening("127.0.0.1", fresh_broker.port)
+    fresh_broker.start()
+
+    admin = make_admin(fresh_broker.bootstrap)
+    try:
+        assert topic_id(admin, name) is None, "a memory-only broker forgets topics on restart"
+        ensure_topics(fresh_broker.bootstrap, 2, [name])
+        after = topic_id(admin, name)
+    finally:
+        admin.close()
+    assert after is not None
+    assert after != before
+
+
+def test_resilient_producer_survives_broker_restart(fresh_broker: EmbeddedBroker) -> None:
+    name = unique_topic("restart")
+    ensure_topics(fresh_broker.bootstrap, 1, [name])
+    built: list[KafkaProducer] = []
+
+    def counting_factory(bootstrap: str) -> KafkaProducer:
+        producer = make_producer(bootstrap)
+        built.append(producer)
+        return producer
+
+    producer = ResilientProducer(fresh_broker.bootstrap, factory=counting_factory)
+    try:
+        producer.send(name, key=b"acct-1", value=b"before", headers=[("h", b"1")])
+        producer.flush()
+        assert len(built) == 1
+        assert read_all(fresh_broker.bootstrap, name, 1)[0] == [b"before"]
+
+        fresh_broker.stop(timeout_s=1.0)
+        fresh_broker.start()
+
+        producer.send(name, key=b"acct-1", value=b"after", headers=[("h", b"2")])
+        producer.flush()  # the old producer fails (unknown producer id); a rebuilt one delivers
+        assert producer.pending == 0
+    finally:
+        producer.close()
+    assert len(built) >= 2, "the producer should have been rebuilt after the restart"
+
+    # The restarted broker starts empty (auto-creating the topic with 4 partitions on first use).
+    values, highwater = read_all(fresh_broker.bootstrap, name, 1)
+    assert values == [b"after"]
+    assert highwater == 1
+
+
+def test_resilient_producer_refuses_an_oversized_message_at_once(broker: EmbeddedBroker) -> None:
+    producer = ResilientProducer(broker.bootstrap)
+    try:
+        with pytest.raises(MessageSizeTooLargeError):
+            producer.send(
+                unique_topic("big"),
+                key=b"k",
+                value=b"x" * (limits.producer_request_bytes_max + 1),
+                headers=[],
+            )
+        assert producer.pending == 0
+    finally:
+        producer.close()
+
+
+def test_resilient_producer_backoff_is_interruptible() -> None:
+    stop = threading.Event()
+    stop.set()
+
+    def quick_factory(bootstrap: str) -> KafkaProducer:
+        return KafkaProducer(bootstrap_servers=bootstrap, bootstrap_timeout_ms=300)
+
+    producer = ResilientProducer(f"127.0.0.1:{free_port()}", stop=stop, factory=quick_factory)
+    started = time.monotonic()
+    try:
+        producer.send("anything", key=None, value=b"v", headers=[])
+        with pytest.raises(ProducerStopped):
+            producer.flush()
+    finally:
+        producer.close()
+    assert time.monotonic() - started < 5.0
+
+
+def test_resolve_bootstrap(broker: EmbeddedBroker) -> None:
+    assert resolve_bootstrap("kafka-1:9092,kafka-2:9092", 1) == "kafka-1:9092,kafka-2:9092"
+    assert resolve_bootstrap(None, broker.port) == f"127.0.0.1:{broker.port}"
+    assert resolve_bootstrap("", broker.port) == f"127.0.0.1:{broker.port}"
+
+    idle_port = free_port()
+    with pytest.raises(BrokerUnavailable) as raised:
+        resolve_bootstrap(None, idle_port)
+    message = str(raised.value)
+    assert f"127.0.0.1:{idle_port}" in message
+    assert "ledger broker" in message
+    assert "LEDGER_KAFKA_BOOTSTRAP" in message
+
+
+def test_start_refuses_a_port_in_use(broker: EmbeddedBroker) -> None:
+    with pytest.raises(RuntimeError, match="already listens"):
+        EmbeddedBroker(broker.port).start()
+
+
+CHILD_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from ledger.kafka.broker import EmbeddedBroker
+    from ledger.logging import configure_logging
+
+    configure_logging("json")  # logs to stderr: stdout carries only the broker's pid
+    broker = EmbeddedBroker(int(sys.argv[1]))
+    broker.start()
+    print(broker.pid, flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def _state_and_parent(pid: int) -> tuple[str, int] | None:
+    """A process's state letter and parent pid from /proc; None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return fields[0], int(fields[1])
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie waiting for a reaper counts as gone)."""
+    found = _state_and_parent(pid)
+    return found is not None and found[0] not in ("Z", "X")
+
+
+def test_broker_dies_with_its_parent_on_kill_9() -> None:
+    port = free_port()
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD_SCRIPT, str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    broker_pid: int | None = None
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line.strip(), f"child did not start a broker (exit code {child.poll()})"
+        broker_pid = int(line)
+        assert _alive(broker_pid)
+        found = _state_and_parent(broker_pid)
+        assert found is not None and found[1] == child.pid
+        assert is_listening("127.0.0.1", port)
+
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=5)
+
+        deadline = time.monotonic() + 5.0
+        while _alive(broker_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(broker_pid), "the broker outlived its parent's kill -9"
+        assert not is_listening("127.0.0.1", port)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if broker_pid is not None and _alive(broker_pid):
+            os.kill(broker_pid, signal.SIGKILL)
