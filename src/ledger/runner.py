@@ -19,11 +19,8 @@ import structlog
 
 from ledger import limits
 from ledger.kafka.broker import EmbeddedBroker, is_listening, set_parent_death_signal
-from ledger.kafka.topics import ensure_topics
-from ledger.persistence.urls import parse_database_url
+from ledger.deploy_setup import prepare_deployment
 from ledger.settings import Settings
-from ledger.storage import prepare_schema
-from projections.balances import DDL as BALANCES_DDL
 
 log = structlog.get_logger(__name__)
 
@@ -72,8 +69,7 @@ class Supervisor:
                 self.broker.start()
                 log.info("embedded broker started (messages in memory only)", port=port)
             self.bootstrap = f"127.0.0.1:{port}"
-        ensure_topics(self.bootstrap, self.settings.partitions)
-        prepare_schema(parse_database_url(self.settings.database_url), BALANCES_DDL)
+        prepare_deployment(self.bootstrap, self.settings)
         for name in self.worker_names:
             self.children[name] = _Child(name, self._spawn(name))
         log.info("ledger running", bootstrap=self.bootstrap, workers=list(self.worker_names))
