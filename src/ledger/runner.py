@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import structlog
 
 from ledger import limits
-from ledger.kafka.broker import EmbeddedBroker, is_listening, set_parent_death_signal
 from ledger.deploy_setup import prepare_deployment
+from ledger.kafka.broker import EmbeddedBroker, is_listening, set_parent_death_signal
 from ledger.settings import Settings
 
 log = structlog.get_logger(__name__)
