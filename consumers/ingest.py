@@ -137,7 +137,11 @@ class IngestConsumer:
             self.consumer = None
 
     def _current_topic_id(self) -> str:
-        topic_id = self.watcher.topic_id(self.topic)
+        try:
+            topic_id = self.watcher.topic_id(self.topic)
+        except KafkaError as error:
+            log.warning("cannot read the topic id", topic=self.topic, error=str(error))
+            return self.topic_id or "unknown"
         return topic_id or "unknown"
 
     def assign(self, assigned: Sequence[TopicPartition]) -> None:
@@ -145,6 +149,16 @@ class IngestConsumer:
         consumer = self.consumer
         if consumer is None:
             return
+        current = self._current_topic_id()
+        if current != self.topic_id:
+            log.warning(
+                "topic recreated: reading it from its start",
+                topic=self.topic,
+                old_topic_id=self.topic_id,
+                new_topic_id=current,
+            )
+            self.topic_id = current
+            self.service.clear()
         recorder = self.service.store.process_recorder
         for topic_partition in assigned:
             name = tracking_name(self.topic, self.topic_id, topic_partition.partition)
@@ -173,23 +187,11 @@ class IngestConsumer:
         consumer = self.consumer
         if consumer is None:
             return
-        try:
-            current = self.watcher.topic_id(self.topic)
-        except KafkaError as error:
-            log.warning("cannot check the topic id", topic=self.topic, error=str(error))
-            return
-        if current is None:
+        current = self._current_topic_id()
+        if current == "unknown":
             return
         assigned = sorted(consumer.assignment(), key=lambda tp: tp.partition)
         if current != self.topic_id:
-            log.warning(
-                "topic recreated: reading it from its start",
-                topic=self.topic,
-                old_topic_id=self.topic_id,
-                new_topic_id=current,
-            )
-            self.topic_id = current
-            self.service.clear()
             self.assign(assigned)
             return
         for topic_partition in assigned:
@@ -217,6 +219,9 @@ class IngestConsumer:
     def _process(self, topic_partition: TopicPartition, records: Sequence[Any]) -> None:
         state = self.partitions.get(topic_partition.partition)
         if state is None:
+            # Never drop records of a partition we have not positioned: position it (which seeks
+            # to the stored offset) and let the next poll fetch them again.
+            self.assign([topic_partition])
             return
         floor = state.position or 0
         messages = [

@@ -6,6 +6,7 @@ Queries print one JSON document with `--json`; logs and progress always go to st
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -409,6 +410,8 @@ def demo(json_output: JsonOption = False) -> None:
     """A scripted scenario end to end: starts what it needs itself, prints, stops."""
     from ledger.demo import run_demo
 
+    # The demo prints its own account of what happens; keep the logs to warnings unless asked.
+    os.environ.setdefault("LEDGER_LOG_LEVEL", "warning")
     settings = settings_and_logging()
     run_demo(settings, json_output=json_output, out=stdout, err=stderr)
 
