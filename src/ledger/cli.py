@@ -13,7 +13,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import orjson
 import structlog
@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ledger import limits
+from ledger.domain.policy import PolicyError
 from ledger.kafka.broker import BrokerUnavailable, EmbeddedBroker, is_listening, resolve_bootstrap
 from ledger.logging import configure_logging
 from ledger.persistence.database import DatabaseUnavailable
@@ -58,10 +59,10 @@ class Refused(Exception):
     """Bad input or a refused command: exit 2 with this one line."""
 
 
-def fail(reason: str) -> NoReturn:
-    """Print one line on stderr and exit 2."""
-    stderr.print(f"ledger: {reason}", markup=False, highlight=False)
-    raise typer.Exit(code=2)
+def say(line: str) -> None:
+    """One unwrapped line on stderr."""
+    sys.stderr.write(" ".join(line.split()) + "\n")
+    sys.stderr.flush()
 
 
 def settings_and_logging() -> Settings:
@@ -420,12 +421,9 @@ def main() -> None:
     """Run the CLI with the exit codes the design promises."""
     try:
         app()
-    except Refused as error:
-        stderr.print(f"ledger: {error}", markup=False, highlight=False)
-        sys.exit(2)
-    except (BrokerUnavailable, DatabaseUrlError) as error:
-        stderr.print(f"ledger: {error}", markup=False, highlight=False)
+    except (Refused, BrokerUnavailable, DatabaseUrlError, PolicyError) as error:
+        say(f"ledger: {error}")
         sys.exit(2)
     except DatabaseUnavailable as error:
-        stderr.print(f"ledger: database unavailable: {error}", markup=False, highlight=False)
+        say(f"ledger: database unavailable: {error}")
         sys.exit(1)

@@ -20,6 +20,7 @@ import structlog
 from ledger import limits
 from ledger.deploy_setup import prepare_deployment
 from ledger.kafka.broker import EmbeddedBroker, is_listening, set_parent_death_signal
+from ledger.policy_file import load_policy
 from ledger.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -58,6 +59,8 @@ class Supervisor:
 
     def start(self) -> None:
         """Broker, topics, schema, then every worker."""
+        # A bad policy file fails here, once, with its reason; not in every worker, repeatedly.
+        load_policy(self.settings.policy)
         if self.settings.kafka_bootstrap:
             self.bootstrap = self.settings.kafka_bootstrap
         else:
