@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 import uuid
@@ -124,7 +125,7 @@ def run_demo(settings: Settings, *, json_output: bool, out: Console, err: Consol
         finally:
             supervisor.stop()
     if json_output:
-        out.print_json(orjson.dumps(summary).decode())
+        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 def _drive(
