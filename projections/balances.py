@@ -16,7 +16,12 @@ from eventsourcing.persistence import Notification
 
 from ledger.persistence.database import Cursor, Database
 from ledger.persistence.mapper import decode_state
-from ledger.persistence.positions import POSITIONS_DDL, read_position, reset_position
+from ledger.persistence.positions import (
+    POSITIONS_DDL,
+    read_position,
+    reset_position,
+    write_position,
+)
 from ledger.public_events import event_type_name, public_data, public_postings
 
 NAME = "balances"
@@ -146,10 +151,9 @@ class BalancesProjection:
                 " occurred_us, data, postings) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 history,
             )
-            cursor.execute(
-                "UPDATE ledger_positions SET position = %s WHERE name = %s",
-                (fresh[-1].id, POSITION_NAME),
-            )
+            # An upsert: `ledger run` creates the tables but not this row (only create_tables
+            # does), and a plain UPDATE of a missing row would silently record nothing.
+            write_position(cursor, POSITION_NAME, fresh[-1].id)
 
     def _lock_position(self, cursor: Cursor) -> int:
         suffix = " FOR UPDATE" if self.database.kind == "postgresql" else ""

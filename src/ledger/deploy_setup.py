@@ -9,16 +9,23 @@ from __future__ import annotations
 from ledger.kafka.broker import resolve_bootstrap
 from ledger.kafka.topics import ensure_topics
 from ledger.logging import configure_logging
+from ledger.persistence.database import Database
 from ledger.persistence.urls import parse_database_url
 from ledger.settings import Settings, load_settings
 from ledger.storage import prepare_schema
-from projections.balances import DDL as BALANCES_DDL
+from projections import balances
 
 
 def prepare_deployment(bootstrap: str, settings: Settings) -> None:
     """Create the topics (explicit partition counts) and every table, once."""
     ensure_topics(bootstrap, settings.partitions)
-    prepare_schema(parse_database_url(settings.database_url), BALANCES_DDL)
+    target = parse_database_url(settings.database_url)
+    prepare_schema(target)
+    database = Database(target)
+    try:
+        balances.create_tables(database)
+    finally:
+        database.close()
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from ledger.persistence.database import Database
 from ledger.persistence.urls import parse_database_url
-from projections import balances as balances_projection
 from projections import queries
 
 LEDGER = [sys.executable, "-m", "ledger"]
@@ -93,7 +92,6 @@ def read_balances(database_url: str, account_ids: Sequence[str]) -> dict[str, di
     """Raw debits-minus-credits balances of the given accounts, from the read model."""
     database = Database(parse_database_url(database_url))
     try:
-        balances_projection.create_tables(database)
         result: dict[str, dict[str, int]] = {}
         for account_id in account_ids:
             try:
