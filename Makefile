@@ -36,3 +36,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+chaos: $(STAMP)
+	CHAOS_ITERATIONS=100 $(BIN)/pytest tests/faults/test_crash_anywhere.py
+
+deep: $(STAMP)
+	HYPOTHESIS_MAX_EXAMPLES=10000 $(BIN)/pytest tests/properties

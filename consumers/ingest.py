@@ -243,7 +243,13 @@ class IngestConsumer:
         backoff_s = limits.backoff_initial_s
         conflicts = 0
         while True:
-            batch = self.service.prepare(messages)
+            try:
+                batch = self.service.prepare(messages)
+            except (OperationalError, InterfaceError, DatabaseUnavailable) as error:
+                # A read failed part-way: cached accounts may hold part of the batch.
+                self.service.clear()
+                backoff_s = self._wait_for_database(error, topic_partition, backoff_s)
+                continue
             self._send_dead_letters(batch.dead_letters, sent_offsets)
             try:
                 self.service.commit(batch, tracking)
@@ -274,16 +280,7 @@ class IngestConsumer:
                 continue
             except (OperationalError, InterfaceError, DatabaseUnavailable) as error:
                 self.service.evict(batch.touched)
-                log.warning(
-                    "database unavailable: retrying the batch",
-                    topic=self.topic,
-                    partition=topic_partition.partition,
-                    retry_in_s=backoff_s,
-                    error=str(error),
-                )
-                if self.stop.wait(backoff_s):
-                    raise
-                backoff_s = min(backoff_s * 2, limits.backoff_max_s)
+                backoff_s = self._wait_for_database(error, topic_partition, backoff_s)
                 continue
             self.applied += batch.applied
             self.duplicates += batch.duplicates
@@ -297,6 +294,21 @@ class IngestConsumer:
             position=state.position,
             messages=len(messages),
         )
+
+    def _wait_for_database(
+        self, error: Exception, topic_partition: TopicPartition, backoff_s: float
+    ) -> float:
+        """Log, back off (re-raising `error` if stopped meanwhile); the next back-off."""
+        log.warning(
+            "database unavailable: retrying the batch",
+            topic=self.topic,
+            partition=topic_partition.partition,
+            retry_in_s=backoff_s,
+            error=str(error),
+        )
+        if self.stop.wait(backoff_s):
+            raise error
+        return min(backoff_s * 2, limits.backoff_max_s)
 
     def _send_dead_letters(self, dead_letters: Sequence[DeadLetter], sent: set[int]) -> None:
         fresh = [letter for letter in dead_letters if letter.message.offset not in sent]

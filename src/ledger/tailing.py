@@ -47,9 +47,12 @@ def run_tail(
     recorder = store.process_recorder
     handled = 0
     backoff_s = limits.backoff_initial_s
-    position = handler.position()
+    position: int | None = None
     while not stop.is_set():
         try:
+            if position is None:
+                # Read inside the retry: the database may be down at start or after an error.
+                position = handler.position()
             notifications = recorder.select_notifications(
                 start=position, limit=batch_max, inclusive_of_start=False
             )
@@ -62,7 +65,7 @@ def run_tail(
             log.warning("database unavailable, retrying", worker=handler.name, error=str(error))
             stop.wait(backoff_s)
             backoff_s = min(backoff_s * 2, limits.backoff_max_s)
-            position = handler.position()
+            position = None
             continue
         if len(notifications) < batch_max:
             if until_caught_up:

@@ -1,0 +1,369 @@
+"""Shared by the fault tests: worker processes we kill at will, a known history, and its model."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ledger.kafka.broker import set_parent_death_signal
+from ledger.kafka.topics import ensure_topics
+from ledger.persistence.database import Database
+from ledger.persistence.event_store import open_event_store
+from ledger.persistence.mapper import decode_state
+from ledger.persistence.positions import read_position
+from ledger.persistence.urls import parse_database_url
+from ledger.public_events import event_type_name
+from ledger.storage import prepare_schema
+from projections import queries
+from projections.balances import DDL as BALANCES_DDL
+from tests.books import line, opened
+
+WORKERS = ("ingest", "relay", "projections")
+PARTITIONS = 4
+CURRENCIES = ("USD", "EUR", "JPY")
+
+
+def prepare(bootstrap: str, database_url: str) -> None:
+    """Topics and schema, created once before any worker starts (as `Supervisor.start` does)."""
+    ensure_topics(bootstrap, PARTITIONS)
+    prepare_schema(parse_database_url(database_url), BALANCES_DDL)
+
+
+def key_of(raw: bytes) -> bytes | None:
+    """The Kafka key a processor would use: the account id, when the line has one."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    account = value.get("account_id") if isinstance(value, dict) else None
+    return account.encode() if isinstance(account, str) else None
+
+
+@dataclass
+class _Worker:
+    process: subprocess.Popen[bytes]
+    killed: bool = False
+
+
+@dataclass
+class Workers:
+    """The three worker processes, run directly (`python -m ledger.workers NAME`)."""
+
+    bootstrap: str
+    database_url: str
+    log_dir: Path
+    running: dict[str, _Worker] = field(default_factory=dict)
+    unexpected_exits: list[str] = field(default_factory=list)
+    kills: list[str] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env.update(
+            LEDGER_KAFKA_BOOTSTRAP=self.bootstrap,
+            LEDGER_DATABASE_URL=self.database_url,
+            LEDGER_LOG_FORMAT="json",
+            LEDGER_PARTITIONS=str(PARTITIONS),
+        )
+        return env
+
+    def start(self, name: str) -> None:
+        """Start one worker; call from the main thread (the parent-death signal is per thread)."""
+        log_file = (self.log_dir / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ledger.workers", name],
+            env=self.env(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=set_parent_death_signal,
+        )
+        log_file.close()
+        self.running[name] = _Worker(process)
+
+    def start_all(self) -> None:
+        """Start every worker."""
+        for name in WORKERS:
+            self.start(name)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one worker and reap it."""
+        worker = self.running[name]
+        worker.killed = True
+        worker.process.send_signal(signal.SIGKILL)
+        worker.process.wait(timeout=10)
+        self.kills.append(name)
+
+    def check(self) -> None:
+        """Record and restart any worker that exited without being killed by us."""
+        for name, worker in list(self.running.items()):
+            code = worker.process.poll()
+            if code is None or worker.killed:
+                continue
+            self.unexpected_exits.append(f"{name} exited {code}: {self.log_tail(name)}")
+            self.start(name)
+
+    def alive(self) -> list[str]:
+        """Names of the workers still running."""
+        return [name for name, w in self.running.items() if w.process.poll() is None]
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        path = self.log_dir / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop_all(self) -> dict[str, int | None]:
+        """SIGTERM every worker, SIGKILL after a grace period; the exit codes."""
+        codes: dict[str, int | None] = {}
+        for worker in self.running.values():
+            if worker.process.poll() is None:
+                worker.process.terminate()
+        for name, worker in self.running.items():
+            try:
+                codes[name] = worker.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+                codes[name] = None
+        self.running.clear()
+        return codes
+
+
+def known_history(rng: random.Random, *, accounts: int, events: int) -> list[bytes]:
+    """Openings, invoices, payments (often overpaying), duplicates and bad lines, in order."""
+    currency = {f"ACC-{n}": rng.choice(CURRENCIES) for n in range(accounts)}
+    late = set(rng.sample(sorted(currency), k=max(1, accounts // 10)))
+    lines = [opened(f"open-{a}", a, currency=c) for a, c in currency.items() if a not in late]
+    for n in range(events - len(lines)):
+        account = f"ACC-{rng.randrange(accounts)}"
+        money = currency[account]
+        roll = rng.random()
+        if account in late and rng.random() < 0.02:
+            late.discard(account)
+            lines.append(opened(f"open-{account}", account, currency=money))
+        elif roll < 0.40:
+            lines.append(invoice_line(f"inv-{n}", account, rng.randrange(1, 50_000), money))
+        elif roll < 0.80:
+            lines.append(payment_line(f"pay-{n}", account, rng.randrange(1, 80_000), money))
+        elif roll < 0.90 and len(lines) > 1:
+            lines.append(lines[rng.randrange(len(lines))])
+        else:
+            lines.append(bad_line(rng, n, account, money))
+    lines.extend(opened(f"open-{account}", account, currency=currency[account]) for account in late)
+    return lines
+
+
+def invoice_line(event_id: str, account_id: str, amount: int, currency: str) -> bytes:
+    """An invoice.issued line in any currency."""
+    return line(
+        event_id,
+        "invoice.issued",
+        account_id,
+        invoice_id=f"inv-{event_id}",
+        amount={"value": amount, "currency": currency},
+        due_date="2026-12-31",
+    )
+
+
+def payment_line(event_id: str, account_id: str, amount: int, currency: str) -> bytes:
+    """A payment.received line in any currency."""
+    return line(
+        event_id,
+        "payment.received",
+        account_id,
+        payment_id=f"pay-{event_id}",
+        amount={"value": amount, "currency": currency},
+        method="card",
+    )
+
+
+def bad_line(rng: random.Random, n: int, account: str, currency: str) -> bytes:
+    """One line the ledger must dead-letter: each kind of refusal."""
+    choice = rng.randrange(5)
+    if choice == 0:
+        return b"not json {" + str(n).encode()
+    if choice == 1:
+        return orjson.dumps({"type": "payment.received", "event_id": f"bad-{n}"})
+    if choice == 2:
+        return payment_line(f"ghost-{n}", f"GHOST-{n}", 100, currency)
+    if choice == 3:
+        other = next(c for c in CURRENCIES if c != currency)
+        return payment_line(f"wrong-{n}", account, 100, other)
+    return line(f"refund-{n}", "refund.failed", account, refund_id=f"r-{n}", reason="card closed")
+
+
+@dataclass
+class Model:
+    """What a clean run of a history must produce."""
+
+    balances: dict[str, dict[str, int]]
+    applied: Counter[str]
+    """Applied facts by inbound type."""
+    refused: int
+    """Lines that must be dead-lettered (at least once each)."""
+    applied_payment_ids: set[str]
+
+
+def model_of(lines: Sequence[bytes]) -> Model:
+    """An independent clean-run model: natural-side balances, applied facts, refusals."""
+    seen: set[tuple[str, str]] = set()
+    accounts: dict[str, dict[str, Any]] = {}
+    applied: Counter[str] = Counter()
+    payment_ids: set[str] = set()
+    refused = 0
+    for raw in lines:
+        try:
+            fact = orjson.loads(raw)
+            key = (fact["processor"], fact["event_id"])
+            kind = fact["type"]
+            account_id = fact["account_id"]
+            fact["occurred_at"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            refused += 1
+            continue
+        if key in seen:
+            continue
+        account = accounts.get(account_id)
+        if kind == "account.opened" and account is None:
+            accounts[account_id] = {"currency": fact["currency"], "b": Counter()}
+        elif kind in ("invoice.issued", "payment.received") and account is not None:
+            if fact["amount"]["currency"] != account["currency"]:
+                refused += 1
+                continue
+            amount = fact["amount"]["value"]
+            books = account["b"]
+            if kind == "invoice.issued":
+                books["receivable"] += amount
+                books["revenue"] += amount
+            else:
+                settled = min(amount, books["receivable"])
+                books["receivable"] -= settled
+                books["customer_credit"] += amount - settled
+                books["cash"] += amount
+                payment_ids.add(fact["event_id"])
+        else:
+            refused += 1
+            continue
+        seen.add(key)
+        applied[kind] += 1
+    balances = {
+        account_id: {name: value for name, value in account["b"].items() if value}
+        for account_id, account in accounts.items()
+    }
+    return Model(balances, applied, refused, payment_ids)
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One event of the store, as the checks need it."""
+
+    notification_id: int
+    account_id: str
+    version: int
+    type: str
+
+
+def store_events(database_url: str) -> list[StoredEvent]:
+    """Every event in the store, in log order."""
+    store = open_event_store(parse_database_url(database_url))
+    try:
+        recorder = store.process_recorder
+        events: list[StoredEvent] = []
+        position = 0
+        while True:
+            page = recorder.select_notifications(
+                start=position, limit=5000, inclusive_of_start=False
+            )
+            if not page:
+                return events
+            for notification in page:
+                state = decode_state(notification.state)
+                events.append(
+                    StoredEvent(
+                        notification.id,
+                        state["account_id"],
+                        notification.originator_version,
+                        event_type_name(notification.topic),
+                    )
+                )
+            position = page[-1].id
+    finally:
+        store.close()
+
+
+def max_notification_id(database_url: str) -> int:
+    """The event store's last notification id (0 when empty)."""
+    store = open_event_store(parse_database_url(database_url))
+    try:
+        return store.process_recorder.max_notification_id() or 0
+    finally:
+        store.close()
+
+
+def read_balances(database_url: str, account_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Natural-side balances from the read model, zeros dropped; creates nothing (unlike e2e's)."""
+    database = Database(parse_database_url(database_url))
+    try:
+        result: dict[str, dict[str, int]] = {}
+        for account_id in account_ids:
+            try:
+                answer = queries.balance(database, account_id)
+            except queries.NotFound:
+                continue
+            result[account_id] = {
+                name: value
+                for name, value in answer.items()
+                if isinstance(value, int) and name != "position" and value != 0
+            }
+        return result
+    finally:
+        database.close()
+
+
+def sleep_checking(workers: Workers, seconds: float) -> None:
+    """Sleep, restarting (and recording) any worker that exits meanwhile."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        workers.check()
+        time.sleep(min(left, 0.1))
+
+
+def positions(database_url: str) -> dict[str, int]:
+    """Where the relay and the balances projection stand in the event store's log."""
+    database = Database(parse_database_url(database_url))
+    try:
+        with database.read() as cursor:
+            return {
+                "relay": read_position(cursor, "outbox:ledger.events"),
+                "projection": read_position(cursor, "projection:balances"),
+            }
+    finally:
+        database.close()
+
+
+def wait_until(condition: Any, timeout_s: float, *, tick: Any = None) -> bool:
+    """Poll `condition` until true or timeout; `tick` runs between polls. True if it held."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.1
+    while time.monotonic() < deadline:
+        if tick is not None:
+            tick()
+        try:
+            if condition():
+                return True
+        except Exception:  # a database mid-restart may refuse a read: poll again
+            pass
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+    return bool(condition())

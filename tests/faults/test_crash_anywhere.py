@@ -1,0 +1,147 @@
+"""Crash anywhere: SIGKILL random workers at random moments while a known history is published.
+
+The three workers run as processes of their own (`python -m ledger.workers NAME`) against a broker
+of the test's own. A seeded RNG picks the victim and the moment; the victim is restarted at once
+(as the Supervisor would). At the end the state must equal a clean run's: the same balances, trial
+balance zero, read model and outbox complete, every bad line dead-lettered, nothing applied twice.
+
+CHAOS_ITERATIONS (default 1) repeats it with new seeds (`make chaos` runs 100), CHAOS_KILLS
+(default 3) sets the kills per iteration and CHAOS_SEED the first seed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+
+from ledger.kafka.broker import EmbeddedBroker
+from tests.e2e.harness import read_topic, trial_balance
+from tests.faults.harness import (
+    WORKERS,
+    Workers,
+    key_of,
+    known_history,
+    max_notification_id,
+    model_of,
+    positions,
+    prepare,
+    read_balances,
+    sleep_checking,
+    store_events,
+    wait_until,
+)
+
+ITERATIONS = int(os.environ.get("CHAOS_ITERATIONS", "1"))
+KILLS = int(os.environ.get("CHAOS_KILLS", "3"))
+FIRST_SEED = int(os.environ.get("CHAOS_SEED", "1"))
+ACCOUNTS = 150
+EVENTS = 3_000
+CHUNK = 50
+"""Lines per send burst: publishing is spread over a few seconds so the kills land mid-stream."""
+SETTLE_TIMEOUT_S = 120.0
+
+
+def publish_slowly(bootstrap: str, lines: list[bytes], pause_s: float) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    try:
+        for start in range(0, len(lines), CHUNK):
+            for raw in lines[start : start + CHUNK]:
+                producer.send("payments.inbound", key=key_of(raw), value=raw)
+            producer.flush()
+            time.sleep(pause_s)
+    finally:
+        producer.close()
+
+
+def distinct_dead_letters(bootstrap: str) -> set[tuple[bytes, bytes]]:
+    return {
+        (dict(r.headers)["source_partition"], dict(r.headers)["source_offset"])
+        for r in read_topic(bootstrap, "payments.inbound.dlq")
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + ITERATIONS))
+def test_crash_anywhere(
+    seed: int, fresh_broker: EmbeddedBroker, database_url: str, tmp_path: Path
+) -> None:
+    rng = random.Random(seed)
+    bootstrap = fresh_broker.bootstrap
+    lines = known_history(rng, accounts=ACCOUNTS, events=EVENTS)
+    model = model_of(lines)
+    assert model.applied["payment.received"] > 500 and model.refused > 50
+    prepare(bootstrap, database_url)
+    workers = Workers(bootstrap, database_url, tmp_path)
+    workers.start_all()
+    publisher = threading.Thread(target=publish_slowly, args=(bootstrap, lines, 0.08))
+    try:
+        publisher.start()
+        # Each worker dies at least once (in a random order) when there are kills enough.
+        victims = rng.sample(WORKERS, k=len(WORKERS))
+        for kill in range(KILLS):
+            sleep_checking(workers, rng.uniform(0.3, 2.5))
+            victim = victims[kill] if kill < len(victims) else rng.choice(WORKERS)
+            workers.kill(victim)
+            time.sleep(rng.uniform(0.0, 0.5))
+            workers.start(victim)
+        publisher.join()
+
+        def settled() -> bool:
+            last = max_notification_id(database_url)
+            where = positions(database_url)
+            return (
+                where == {"relay": last, "projection": last}
+                and read_balances(database_url, list(model.balances)) == model.balances
+                and len(distinct_dead_letters(bootstrap)) >= model.refused
+            )
+
+        wait_until(settled, SETTLE_TIMEOUT_S, tick=workers.check)
+        context = f"seed {seed}, kills {workers.kills}"
+        # The books: every balance as in a clean run, each currency's trial balance zero.
+        assert read_balances(database_url, list(model.balances)) == model.balances, context
+        trial = trial_balance(database_url)
+        assert {c: e["total"] for c, e in trial["currencies"].items()} == dict.fromkeys(
+            trial["currencies"], 0
+        )
+        assert trial["currencies"], context
+        # The read model and the relay reflect the whole store.
+        events = store_events(database_url)
+        last = events[-1].notification_id
+        assert trial["position"] == last, context
+        assert positions(database_url) == {"relay": last, "projection": last}, context
+        # Nothing applied twice: versions contiguous, one payment_received per applied payment.
+        versions: defaultdict[str, list[int]] = defaultdict(list)
+        for event in events:
+            versions[event.account_id].append(event.version)
+        for account_id, seen in versions.items():
+            assert seen == list(range(1, len(seen) + 1)), (account_id, context)
+        assert set(versions) == set(model.balances), context
+        types = [event.type for event in events]
+        assert types.count("payment_received") == len(model.applied_payment_ids), context
+        assert types.count("invoice_issued") == model.applied["invoice.issued"], context
+        assert types.count("account_opened") == model.applied["account.opened"], context
+        # The outbox delivered every stored event at least once, and nothing else.
+        delivered = read_topic(bootstrap, "ledger.events")
+        ce_ids = {dict(record.headers)["ce_id"].decode() for record in delivered}
+        assert ce_ids == {f"{e.account_id}:{e.version}" for e in events}, context
+        notified = {
+            orjson.loads(r.value)["overpayment_id"]
+            for r in read_topic(bootstrap, "ledger.notifications")
+        }
+        assert len(notified) == types.count("overpayment_detected"), context
+        # Every bad line dead-lettered (at least once: a kill before a commit re-sends).
+        assert len(distinct_dead_letters(bootstrap)) == model.refused, context
+        workers.check()
+        assert workers.unexpected_exits == [], context
+    finally:
+        publisher.join(timeout=30)
+        codes = workers.stop_all()
+    assert all(code == 0 for code in codes.values()), (codes, context)
