@@ -10,6 +10,7 @@ same, and is read from the start too. Both are logged as warnings, never skipped
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Sequence
@@ -277,6 +278,8 @@ class IngestConsumer:
                     attempt=conflicts,
                     error=str(error),
                 )
+                # Jittered back-off, so two writers of one account stop colliding in lock step.
+                self.stop.wait(random.uniform(0, limits.conflict_backoff_s * 2**conflicts))
                 continue
             except (OperationalError, InterfaceError, DatabaseUnavailable) as error:
                 self.service.evict(batch.touched)

@@ -23,8 +23,10 @@ fetch_max_wait_ms = 20
 consumer_session_timeout_ms = 6000
 topic_check_interval_s = 5.0
 """How often a consumer re-checks topic ids and high watermarks for recreated topics."""
-batch_retry_max = 5
+batch_retry_max = 8
 """Attempts for one partition batch after version conflicts before the consumer gives up."""
+conflict_backoff_s = 0.01
+"""First jittered wait after a version conflict; doubles per conflict of the same batch."""
 producer_retry_max = 8
 """Attempts to send a batch through a rebuilt producer before the worker fails."""
 backoff_initial_s = 0.2
