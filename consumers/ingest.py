@@ -327,7 +327,9 @@ class IngestConsumer:
             )
             log.warning(
                 "message dead-lettered",
-                account_id=message.key.decode("utf-8", "replace") if message.key else None,
+                account_id=letter.account_id
+                or (message.key.decode("utf-8", "replace") if message.key else None),
+                event_id=letter.event_id,
                 topic=message.topic,
                 partition=message.partition,
                 offset=message.offset,

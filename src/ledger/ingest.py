@@ -56,6 +56,8 @@ class DeadLetter:
     message: InboundMessage
     kind: ErrorKind
     reason: str
+    account_id: str | None = None
+    event_id: str | None = None
 
 
 @dataclass
@@ -110,10 +112,16 @@ class IngestService:
             try:
                 account = self._apply(fact)
             except UnknownAccountError as error:
-                batch.dead_letters.append(DeadLetter(message, "unknown_account", str(error)))
+                batch.dead_letters.append(
+                    DeadLetter(
+                        message, "unknown_account", str(error), fact.account_id, fact.event_id
+                    )
+                )
                 continue
             except (DomainRuleError, CurrencyError, MoneyError) as error:
-                batch.dead_letters.append(DeadLetter(message, "domain_rule", str(error)))
+                batch.dead_letters.append(
+                    DeadLetter(message, "domain_rule", str(error), fact.account_id, fact.event_id)
+                )
                 continue
             seen.add(key)
             batch.keys.append(key)
