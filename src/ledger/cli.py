@@ -417,6 +417,27 @@ def demo(json_output: JsonOption = False) -> None:
     run_demo(settings, json_output=json_output, out=stdout, err=stderr)
 
 
+@app.command()
+def bench(
+    events: Annotated[int, typer.Option("--events", help="Inbound events to ingest.")] = 100_000,
+    accounts: Annotated[int, typer.Option("--accounts", help="Accounts they spread over.")] = 1_000,
+    only: Annotated[
+        str | None, typer.Option("--only", help="Comma-separated: ingest,latency,rebuild,load.")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Measure this deployment (temporary databases and topics) against same-run baselines."""
+    from ledger.bench import BenchRefused, parse_phases, print_report, run_bench
+
+    settings = settings_and_logging()
+    try:
+        phases = parse_phases(only)
+        document = run_bench(settings, events=events, accounts=accounts, phases=phases, err=stderr)
+    except BenchRefused as error:
+        raise Refused(str(error)) from error
+    print_report(document, json_output=json_output, out=stdout)
+
+
 def main() -> None:
     """Run the CLI with the exit codes the design promises."""
     try:

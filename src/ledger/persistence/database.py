@@ -61,8 +61,9 @@ class _SQLiteCursor:
 class Database:
     """One connection to the read-model database; use from one thread."""
 
-    def __init__(self, target: DatabaseTarget) -> None:
+    def __init__(self, target: DatabaseTarget, *, sqlite_synchronous: str = "NORMAL") -> None:
         self.target = target
+        self.sqlite_synchronous = sqlite_synchronous
         self.kind: Literal["sqlite", "postgresql"] = target.kind
         self._sqlite: sqlite3.Connection | None = None
         self._postgres: psycopg.Connection[Any] | None = None
@@ -78,7 +79,7 @@ class Database:
                 check_same_thread=False,
             )
             connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute(f"PRAGMA synchronous={self.sqlite_synchronous}")
             self._sqlite = connection
         return self._sqlite
 

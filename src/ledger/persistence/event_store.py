@@ -19,7 +19,9 @@ def event_store_env(target: DatabaseTarget, *, create_table: bool) -> dict[str, 
     """The eventsourcing environment for a database target."""
     common = {
         "CREATE_TABLE": "y" if create_table else "n",
-        "AGGREGATE_CACHE_MAXSIZE": "0",
+        # Empty means no repository cache ("0" would mean an unbounded one); the ingest keeps
+        # its own bounded cache (limits.aggregate_cache_max).
+        "AGGREGATE_CACHE_MAXSIZE": "",
     }
     if target.kind == "sqlite":
         return {

@@ -1,0 +1,154 @@
+"""Ingest throughput: the real ingest worker against the raw batched pipeline, same messages."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from consumers.ingest import tracking_name
+from ledger.bench.memory import MemorySampler
+from ledger.bench.processes import Worker, bench_worker
+from ledger.bench.scratch import Scratch
+from ledger.bench.worker import BASELINE_POSITIONS_TABLE, baseline_ddl
+from ledger.bench.workload import Workload, publish
+from ledger.kafka.topics import TopicWatcher
+from ledger.persistence.database import Database
+from ledger.persistence.event_store import open_event_store
+from ledger.persistence.urls import parse_database_url
+from ledger.storage import prepare_schema
+from projections.balances import DDL as BALANCES_DDL
+
+POLL_INTERVAL_S = 0.01
+MEMORY_INTERVAL_S = 0.1
+TIMEOUT_FLOOR_S = 120.0
+TIMEOUT_PER_EVENT_S = 0.002
+
+Progress = Callable[[str, int, int], None]
+"""Reports (phase, done, total)."""
+
+
+@dataclass
+class IngestRun:
+    """What the ingest phase measured, and where its event store is (the rebuild reuses it)."""
+
+    result: dict[str, Any]
+    memory: dict[str, float]
+    database_url: str
+
+
+def _drive(
+    worker: Worker,
+    positions: Callable[[], dict[int, int]],
+    ends: dict[int, int],
+    *,
+    label: str,
+    progress: Progress,
+    sampler: MemorySampler | None = None,
+) -> float:
+    """Wait until every partition's stored position reaches its end; return the seconds taken."""
+    total = sum(ends.values())
+    started = worker.wait_ready()
+    deadline = started + TIMEOUT_FLOOR_S + TIMEOUT_PER_EVENT_S * total
+    next_sample = started
+    while True:
+        now = time.monotonic()
+        current = positions()
+        done = sum(min(current.get(p, 0), end) for p, end in ends.items())
+        if all(current.get(p, 0) >= end for p, end in ends.items()):
+            elapsed = now - started
+            if sampler is not None:
+                sampler.sample(1.0)
+            progress(label, total, total)
+            return elapsed
+        if sampler is not None and now >= next_sample:
+            sampler.sample(done / total if total else 1.0)
+            next_sample = now + MEMORY_INTERVAL_S
+        progress(label, done, total)
+        worker.check()
+        if now > deadline:
+            raise TimeoutError(f"{label}: {done} of {total} messages after {now - started:.0f} s")
+        time.sleep(POLL_INTERVAL_S)
+
+
+def measure_ingest(scratch: Scratch, workload: Workload, progress: Progress) -> IngestRun:
+    """Publish the workload to a fresh topic, then time the baseline and the ledger reading it."""
+    topic, dlq_topic = scratch.topics("ingest")
+    total = len(workload.lines)
+    ends = publish(
+        scratch.bootstrap,
+        topic,
+        workload.lines,
+        progress=lambda done: progress("publishing", done, total),
+    )
+    baseline_s = _run_baseline(scratch, topic, ends, progress)
+    ingest_url = scratch.database_url("ingest")
+    target = parse_database_url(ingest_url)
+    prepare_schema(target, BALANCES_DDL)
+    store = open_event_store(target)
+    with TopicWatcher(scratch.bootstrap) as watcher:
+        topic_id = watcher.topic_id(topic) or "unknown"
+    names = {p: tracking_name(topic, topic_id, p) for p in ends}
+    recorder = store.process_recorder
+
+    def positions() -> dict[int, int]:
+        return {p: recorder.max_tracking_id(name) or 0 for p, name in names.items()}
+
+    config = {
+        "kind": "ingest",
+        "database_url": ingest_url,
+        "bootstrap": scratch.bootstrap,
+        "topic": topic,
+        "dlq_topic": dlq_topic,
+        "policy": str(scratch.settings.policy) if scratch.settings.policy else None,
+    }
+    worker = bench_worker("ingest", config, scratch.directory)
+    try:
+        sampler = MemorySampler([worker.pid])
+        ingest_s = _drive(
+            worker, positions, ends, label="ingest", progress=progress, sampler=sampler
+        )
+    finally:
+        worker.stop()
+        store.close()
+    ingest_per_s = total / ingest_s
+    baseline_per_s = total / baseline_s
+    result = {
+        "events_per_s": round(ingest_per_s),
+        "baseline_per_s": round(baseline_per_s),
+        "ratio": round(ingest_per_s / baseline_per_s, 3),
+        "seconds": round(ingest_s, 3),
+        "baseline_seconds": round(baseline_s, 3),
+        "messages": total,
+    }
+    return IngestRun(result=result, memory=sampler.report(), database_url=ingest_url)
+
+
+def _run_baseline(scratch: Scratch, topic: str, ends: dict[int, int], progress: Progress) -> float:
+    url = scratch.database_url("baseline")
+    database = Database(parse_database_url(url))
+    try:
+        with database.transaction() as cursor:
+            for statement in baseline_ddl(database.kind):
+                cursor.execute(statement)
+
+        def positions() -> dict[int, int]:
+            with database.read() as cursor:
+                cursor.execute(f"SELECT name, position FROM {BASELINE_POSITIONS_TABLE}")
+                rows = cursor.fetchall()
+            return {int(str(name).rsplit(":", 1)[1]): int(position) for name, position in rows}
+
+        config = {
+            "kind": "baseline",
+            "database_url": url,
+            "bootstrap": scratch.bootstrap,
+            "topic": topic,
+        }
+        worker = bench_worker("baseline", config, scratch.directory)
+        try:
+            return _drive(worker, positions, ends, label="baseline", progress=progress)
+        finally:
+            worker.stop()
+    finally:
+        database.close()

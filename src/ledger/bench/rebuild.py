@@ -1,0 +1,217 @@
+"""Rebuild and replay: the balances projection from the event store against a raw log copy,
+and loading one long-lived account (snapshots on).
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from eventsourcing.persistence import Tracking
+
+from ledger import limits
+from ledger.bench.workload import LineWriter, Workload, account_name
+from ledger.clock import SystemClock
+from ledger.domain.account import Account, account_uuid
+from ledger.ingest import InboundMessage, IngestService
+from ledger.persistence.database import Database
+from ledger.persistence.event_store import EventStore, event_store_env
+from ledger.persistence.positions import read_position, write_position
+from ledger.persistence.urls import DatabaseTarget, parse_database_url
+from ledger.policy_file import load_policy
+from ledger.storage import prepare_schema
+from ledger.tailing import run_tail
+from projections import balances
+from projections.balances import DDL as BALANCES_DDL
+
+RAW_TABLE = "bench_raw_log"
+RAW_POSITION = "bench:raw-log"
+LOAD_EVENTS_MAX = 10_000
+SNAPSHOT_INTERVAL = 100
+LOAD_REPEATS = 15
+
+Progress = Callable[[str, int, int], None]
+
+
+def populate(database_url: str, workload: Workload, progress: Progress) -> None:
+    """Write a workload straight through the ingest service (no Kafka), in poll-sized batches."""
+    target = parse_database_url(database_url)
+    prepare_schema(target, BALANCES_DDL)
+    store = EventStore(env=event_store_env(target, create_table=False))
+    service = IngestService(store, policy=load_policy(None), clock=SystemClock())
+    try:
+        _ingest_lines(service, [line.value for line in workload.lines], progress, "populating")
+    finally:
+        store.close()
+
+
+def _ingest_lines(
+    service: IngestService, values: list[bytes], progress: Progress, label: str
+) -> None:
+    batch_max = limits.poll_records_max
+    for start in range(0, len(values), batch_max):
+        chunk = values[start : start + batch_max]
+        messages = [
+            InboundMessage("bench", 0, start + index, None, value)
+            for index, value in enumerate(chunk)
+        ]
+        batch = service.prepare(messages)
+        service.commit(batch, Tracking(f"bench:{label}:0", start + len(chunk)))
+        progress(label, start + len(chunk), len(values))
+
+
+def measure_rebuild(database_url: str, progress: Progress) -> dict[str, Any]:
+    """Rebuild the balances read model from the event store, against copying the raw log."""
+    target = parse_database_url(database_url)
+    store = EventStore(env=event_store_env(target, create_table=False))
+    database = Database(target)
+    try:
+        latest = store.process_recorder.max_notification_id() or 0
+        baseline_s, copied = _copy_raw_log(store, database, latest, progress)
+        balances.create_tables(database)
+        balances.clear(database)
+        projection = balances.BalancesProjection(database)
+
+        class Reporting:
+            name = projection.name
+
+            def position(self) -> int:
+                return projection.position()
+
+            def handle(self, notifications: Any) -> None:
+                projection.handle(notifications)
+                progress("rebuild", notifications[-1].id, latest)
+
+        started = time.monotonic()
+        rebuilt = run_tail(store, Reporting(), threading.Event(), until_caught_up=True)
+        rebuild_s = time.monotonic() - started
+    finally:
+        database.close()
+        store.close()
+    rebuild_per_s = rebuilt / rebuild_s if rebuild_s else 0.0
+    baseline_per_s = copied / baseline_s if baseline_s else 0.0
+    return {
+        "events_per_s": round(rebuild_per_s),
+        "baseline_per_s": round(baseline_per_s),
+        "ratio": round(rebuild_per_s / baseline_per_s, 3) if baseline_per_s else 0.0,
+        "events": rebuilt,
+        "seconds": round(rebuild_s, 3),
+        "baseline_seconds": round(baseline_s, 3),
+    }
+
+
+def _copy_raw_log(
+    store: EventStore, database: Database, latest: int, progress: Progress
+) -> tuple[float, int]:
+    """The baseline: read the notification log, write one row per notification, same batches."""
+    blob = "BYTEA" if database.kind == "postgresql" else "BLOB"
+    with database.transaction() as cursor:
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {RAW_TABLE} (position BIGINT PRIMARY KEY,"
+            f" originator_id TEXT NOT NULL, originator_version INTEGER NOT NULL,"
+            f" topic TEXT NOT NULL, state {blob} NOT NULL)"
+        )
+        cursor.execute(f"DELETE FROM {RAW_TABLE}")
+        cursor.execute("DELETE FROM ledger_positions WHERE name = %s", (RAW_POSITION,))
+    recorder = store.process_recorder
+    insert = (
+        f"INSERT INTO {RAW_TABLE} (position, originator_id, originator_version, topic, state)"
+        " VALUES (%s, %s, %s, %s, %s)"
+    )
+    copied = 0
+    started = time.monotonic()
+    with database.read() as cursor:
+        position = read_position(cursor, RAW_POSITION)
+    while True:
+        notifications = recorder.select_notifications(
+            start=position, limit=limits.notification_batch_max, inclusive_of_start=False
+        )
+        if not notifications:
+            break
+        rows = [
+            (n.id, str(n.originator_id), n.originator_version, n.topic, n.state)
+            for n in notifications
+        ]
+        with database.transaction() as cursor:
+            cursor.executemany(insert, rows)
+            write_position(cursor, RAW_POSITION, notifications[-1].id)
+        position = notifications[-1].id
+        copied += len(notifications)
+        progress("rebuild baseline", position, latest)
+        if len(notifications) < limits.notification_batch_max:
+            break
+    return time.monotonic() - started, copied
+
+
+def measure_load(database_url: str, events: int, progress: Progress) -> dict[str, Any]:
+    """Milliseconds to load one account of up to 10,000 events, with and without a snapshot."""
+    target = parse_database_url(database_url)
+    prepare_schema(target, BALANCES_DDL)
+    count = max(2, min(LOAD_EVENTS_MAX, events))
+    writer = LineWriter("load")
+    name = account_name("load", 0)
+    values = [writer.opening(name).value]
+    while len(values) < count:
+        index = len(values)
+        fields: dict[str, object] = {"amount": {"value": 5_000, "currency": "USD"}}
+        if index % 2:
+            values.append(
+                writer.line(
+                    name, "invoice.issued", invoice_id=f"i{index}", due_date="2030-01-31", **fields
+                ).value
+            )
+        else:
+            values.append(
+                writer.line(
+                    name, "payment.received", payment_id=f"p{index}", method="card", **fields
+                ).value
+            )
+    plain = EventStore(env=event_store_env(target, create_table=False))
+    service = IngestService(plain, policy=load_policy(None), clock=SystemClock())
+    try:
+        _ingest_lines(service, values, progress, "load")
+        written: Account = plain.repository.get(account_uuid(name))
+        without_ms = _time_loads(plain, name)
+    finally:
+        plain.close()
+    snapshotting = EventStore(env=_snapshot_env(target))
+    try:
+        version = written.version
+        snapshot_version = max(1, version - version % SNAPSHOT_INTERVAL - SNAPSHOT_INTERVAL // 2)
+        snapshotting.take_snapshot(account_uuid(name), version=snapshot_version)
+        loaded: Account = snapshotting.repository.get(account_uuid(name))
+        if _state(loaded) != _state(written):
+            raise RuntimeError("an account loaded from its snapshot differs from the stored one")
+        with_ms = _time_loads(snapshotting, name)
+    finally:
+        snapshotting.close()
+    return {
+        "load_ms": round(with_ms, 2),
+        "load_without_snapshot_ms": round(without_ms, 2),
+        "events": version,
+        "replayed_after_snapshot": version - snapshot_version,
+    }
+
+
+def _snapshot_env(target: DatabaseTarget) -> dict[str, str]:
+    return {**event_store_env(target, create_table=True), "IS_SNAPSHOTTING_ENABLED": "y"}
+
+
+def _state(account: Account) -> dict[str, Any]:
+    state = {key: value for key, value in vars(account).items() if key != "_pending_events"}
+    state["balances"] = {str(key): value for key, value in account.balances.items()}
+    return state
+
+
+def _time_loads(store: EventStore, name: str) -> float:
+    aggregate_id = account_uuid(name)
+    store.repository.get(aggregate_id)
+    timings: list[float] = []
+    for _ in range(LOAD_REPEATS):
+        started = time.perf_counter()
+        store.repository.get(aggregate_id)
+        timings.append((time.perf_counter() - started) * 1000)
+    return statistics.median(timings)

@@ -1,0 +1,92 @@
+"""The benchmark's answer: one JSON document, or a table for people."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+import psutil
+from rich.table import Table
+
+
+def machine() -> dict[str, Any]:
+    """The machine the figures were measured on."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
+        "python": platform.python_version(),
+        "system": platform.system(),
+    }
+
+
+def _number(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.2f}{unit}"
+    return f"{value:,}{unit}"
+
+
+def table(document: dict[str, Any]) -> Table:
+    """The figures as a rich table."""
+    result = Table(
+        title=(
+            f"ledger bench: {document['events']:,} events, {document['backend']},"
+            f" broker {document['broker']}"
+        ),
+        caption=f"{document['machine']['cpu']}, {document['machine']['cores']} cores",
+    )
+    for column in ("measure", "ledger", "baseline", "ratio / note"):
+        result.add_column(column, justify="left" if column == "measure" else "right")
+    ingest = document.get("ingest")
+    if ingest:
+        result.add_row(
+            "ingest (events/s)",
+            _number(ingest["events_per_s"]),
+            _number(ingest["baseline_per_s"]),
+            f"{ingest['ratio']:.2f} (target >= 0.50)",
+        )
+    latency = document.get("latency")
+    if latency:
+        result.add_row(
+            "latency p50 / p99 / max",
+            f"{latency['p50_ms']} / {latency['p99_ms']} / {latency['max_ms']} ms",
+            "",
+            f"at {latency['rate_per_s']:,}/s (p99 target < 250 ms)",
+        )
+    rebuild = document.get("rebuild")
+    if rebuild:
+        result.add_row(
+            "rebuild (events/s)",
+            _number(rebuild["events_per_s"]),
+            _number(rebuild["baseline_per_s"]),
+            f"{rebuild['ratio']:.2f} (target >= 0.50)",
+        )
+    load = document.get("load")
+    if load:
+        result.add_row(
+            f"load one account of {load['events']:,} events",
+            f"{document['load_ms']} ms",
+            f"{load['load_without_snapshot_ms']} ms",
+            "snapshot vs full replay (target < 20 ms)",
+        )
+    memory = document.get("memory")
+    if memory:
+        result.add_row(
+            "ingest RSS start / end / peak",
+            f"{memory['start_mb']} / {memory['end_mb']} / {memory['peak_mb']} MB",
+            "",
+            f"end/start {memory['end_over_start']:.2f} (target <= 1.10)",
+        )
+    return result

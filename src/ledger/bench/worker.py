@@ -1,0 +1,162 @@
+"""Benchmark worker processes (`python -m ledger.bench.worker CONFIG_JSON`).
+
+`ingest` runs the real ingest consumer and service on the run's own topics; `baseline` runs the
+raw pipeline the ingest is compared with: the same consumer settings, one row per message written
+with `executemany`, one transaction per partition per poll, the Kafka position in that
+transaction. Each prints `ready` on stdout once its partitions are assigned and seeked, and stops
+on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import TopicPartition
+
+from consumers.ingest import IngestConsumer
+from ledger import limits
+from ledger.clock import SystemClock
+from ledger.ingest import IngestService
+from ledger.kafka.clients import ResilientProducer, check_crc32c, make_consumer
+from ledger.logging import configure_logging
+from ledger.persistence.database import Database
+from ledger.persistence.event_store import open_event_store
+from ledger.persistence.urls import parse_database_url
+from ledger.policy_file import load_policy
+from ledger.workers import install_stop_handlers
+
+BASELINE_ROWS_TABLE = "bench_baseline_rows"
+BASELINE_POSITIONS_TABLE = "bench_baseline_positions"
+
+
+def baseline_ddl(kind: str) -> tuple[str, ...]:
+    """Tables of the raw baseline pipeline."""
+    blob = "BYTEA" if kind == "postgresql" else "BLOB"
+    return (
+        f"CREATE TABLE IF NOT EXISTS {BASELINE_ROWS_TABLE} (partition_id INTEGER NOT NULL,"
+        f" record_offset BIGINT NOT NULL, record_key {blob}, record_value {blob},"
+        " PRIMARY KEY (partition_id, record_offset))",
+        f"CREATE TABLE IF NOT EXISTS {BASELINE_POSITIONS_TABLE} (name TEXT PRIMARY KEY,"
+        " position BIGINT NOT NULL)",
+    )
+
+
+def _ready() -> None:
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+
+
+class _SignallingIngestConsumer(IngestConsumer):
+    """The real ingest consumer, saying when its partitions are assigned."""
+
+    def assign(self, assigned: Sequence[TopicPartition]) -> None:
+        super().assign(assigned)
+        _ready()
+
+
+def run_ingest(config: dict[str, Any], stop: threading.Event) -> None:
+    """The ledger's ingest on the benchmark topic, as `ledger.workers ingest` wires it."""
+    check_crc32c()
+    store = open_event_store(parse_database_url(config["database_url"]))
+    producer = ResilientProducer(config["bootstrap"], stop=stop)
+    service = IngestService(
+        store,
+        policy=load_policy(Path(config["policy"]) if config.get("policy") else None),
+        clock=SystemClock(),
+    )
+    consumer = _SignallingIngestConsumer(
+        bootstrap=config["bootstrap"],
+        service=service,
+        dead_letters=producer,
+        group_id=None,
+        stop=stop,
+        topic=config["topic"],
+        dlq_topic=config["dlq_topic"],
+    )
+    try:
+        consumer.run()
+    finally:
+        producer.close()
+        store.close()
+
+
+def run_baseline(config: dict[str, Any], stop: threading.Event) -> None:
+    """The raw pipeline: consume, executemany one row per message, position in the same commit."""
+    check_crc32c()
+    topic: str = config["topic"]
+    # The event store's durability (eventsourcing keeps SQLite's default FULL: every commit is
+    # synced), not the read models' NORMAL: the baseline must promise what the ledger promises.
+    database = Database(parse_database_url(config["database_url"]), sqlite_synchronous="FULL")
+    consumer = make_consumer(config["bootstrap"], group_id=None, client_id="ledger-bench-baseline")
+    insert_rows = (
+        f"INSERT INTO {BASELINE_ROWS_TABLE} (partition_id, record_offset, record_key,"
+        " record_value) VALUES (%s, %s, %s, %s)"
+    )
+    upsert_position = (
+        f"INSERT INTO {BASELINE_POSITIONS_TABLE} (name, position) VALUES (%s, %s)"
+        " ON CONFLICT (name) DO UPDATE SET position = excluded.position"
+    )
+    try:
+        assigned = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(assigned)
+        positions: dict[int, int] = {}
+        with database.read() as cursor:
+            cursor.execute(f"SELECT name, position FROM {BASELINE_POSITIONS_TABLE}")
+            stored = {str(name): int(position) for name, position in cursor.fetchall()}
+        for topic_partition in assigned:
+            position = stored.get(f"{topic}:{topic_partition.partition}", 0)
+            positions[topic_partition.partition] = position
+            consumer.seek(topic_partition, position)
+        _ready()
+        while not stop.is_set():
+            records = consumer.poll(
+                timeout_ms=limits.poll_timeout_ms, max_records=limits.poll_records_max
+            )
+            for topic_partition, batch in records.items():
+                floor = positions[topic_partition.partition]
+                rows = [
+                    (record.partition, record.offset, record.key, record.value)
+                    for record in batch
+                    if record.offset + 1 > floor
+                ]
+                if not rows:
+                    continue
+                position = rows[-1][1] + 1
+                with database.transaction() as cursor:
+                    cursor.executemany(insert_rows, rows)
+                    cursor.execute(
+                        upsert_position, (f"{topic}:{topic_partition.partition}", position)
+                    )
+                positions[topic_partition.partition] = position
+    finally:
+        consumer.close(autocommit=False)
+        database.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of a benchmark worker process."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m ledger.bench.worker CONFIG_JSON", file=sys.stderr)
+        return 2
+    config: dict[str, Any] = orjson.loads(args[0])
+    configure_logging("json", "warning")
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    if config["kind"] == "ingest":
+        run_ingest(config, stop)
+    elif config["kind"] == "baseline":
+        run_baseline(config, stop)
+    else:
+        print(f"unknown benchmark worker {config['kind']!r}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The benchmark's inbound traffic: a realistic, reproducible mix of processor events.
+
+Every account is opened first; then invoices, payments (some settling exactly, some short, about
+a quarter paying too much, which the ledger records as an overpayment), a small share of exact
+duplicates (the same event id again: nothing may change) and of bad lines (not JSON, a broken
+contract, an account nobody opened: each becomes a dead letter).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+from kafka import KafkaProducer
+
+from ledger.kafka.clients import make_producer
+
+DUPLICATE_SHARE = 0.01
+BAD_SHARE = 0.005
+INVOICE_SHARE = 0.5
+OVERPAYMENT_SHARE = 0.25
+PROCESSOR = "bench-pay"
+
+
+@dataclass(frozen=True, slots=True)
+class InboundLine:
+    """One message to publish: its Kafka key (the account id) and its raw value."""
+
+    key: bytes
+    value: bytes
+
+
+@dataclass
+class Workload:
+    """The lines of one run and what they contain."""
+
+    lines: list[InboundLine]
+    accounts: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def account_name(run_id: str, index: int) -> str:
+    """The account id of the index-th benchmark account."""
+    return f"bench-{run_id}-{index:06d}"
+
+
+class LineWriter:
+    """Builds inbound lines with unique, sequential event ids."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.sequence = 0
+        self.occurred_at = datetime.now(UTC).replace(microsecond=0).isoformat()
+
+    def line(self, account_id: str, event_type: str, **fields: object) -> InboundLine:
+        """One line of `event_type` for the account."""
+        self.sequence += 1
+        body = {
+            "event_id": f"{self.run_id}-{self.sequence:09d}",
+            "processor": PROCESSOR,
+            "account_id": account_id,
+            "occurred_at": self.occurred_at,
+            "type": event_type,
+            **fields,
+        }
+        return InboundLine(account_id.encode(), orjson.dumps(body))
+
+    def opening(self, account_id: str) -> InboundLine:
+        """An account.opened line (a monthly USD account)."""
+        return self.line(
+            account_id,
+            "account.opened",
+            customer_id=f"cust-{account_id}",
+            kind="monthly",
+            jurisdiction="US-CA",
+            currency="USD",
+        )
+
+
+def build_workload(events: int, accounts: int, run_id: str, *, seed: int = 7) -> Workload:
+    """`events` lines over at most `accounts` accounts (openings take at most half the lines)."""
+    rng = random.Random(seed)
+    writer = LineWriter(run_id)
+    account_count = max(1, min(accounts, events // 2))
+    names = [account_name(run_id, index) for index in range(account_count)]
+    owed = dict.fromkeys(names, 0)
+    last_invoice: dict[str, str] = {}
+    counts = {"opened": 0, "invoice": 0, "payment": 0, "overpayment": 0, "duplicate": 0, "bad": 0}
+    lines = [writer.opening(name) for name in names]
+    counts["opened"] = len(lines)
+    bad_makers: Sequence[Callable[[], InboundLine]] = (
+        lambda: InboundLine(b"broken", b'{"event_id": "broken'),
+        lambda: writer.line(names[0], "payment.received", payment_id="p"),
+        lambda: writer.line(
+            f"nobody-{run_id}",
+            "payment.received",
+            payment_id="p",
+            amount={"value": 100, "currency": "USD"},
+            method="card",
+        ),
+    )
+    while len(lines) < events:
+        draw = rng.random()
+        if draw < DUPLICATE_SHARE and len(lines) > account_count:
+            lines.append(lines[rng.randrange(account_count, len(lines))])
+            counts["duplicate"] += 1
+            continue
+        if draw < DUPLICATE_SHARE + BAD_SHARE:
+            lines.append(bad_makers[counts["bad"] % len(bad_makers)]())
+            counts["bad"] += 1
+            continue
+        name = names[rng.randrange(account_count)]
+        if draw < DUPLICATE_SHARE + BAD_SHARE + INVOICE_SHARE or owed[name] == 0:
+            amount = rng.randrange(1_000, 50_000)
+            invoice_id = f"inv-{writer.sequence + 1}"
+            lines.append(
+                writer.line(
+                    name,
+                    "invoice.issued",
+                    invoice_id=invoice_id,
+                    amount={"value": amount, "currency": "USD"},
+                    due_date="2030-01-31",
+                )
+            )
+            owed[name] += amount
+            last_invoice[name] = invoice_id
+            counts["invoice"] += 1
+            continue
+        if rng.random() < OVERPAYMENT_SHARE:
+            amount = owed[name] + rng.randrange(100, 5_000)
+            counts["overpayment"] += 1
+        else:
+            amount = rng.randrange(1, owed[name] + 1)
+        lines.append(
+            writer.line(
+                name,
+                "payment.received",
+                payment_id=f"pay-{writer.sequence + 1}",
+                amount={"value": amount, "currency": "USD"},
+                method="card",
+                invoice_id=last_invoice.get(name),
+            )
+        )
+        owed[name] = max(0, owed[name] - amount)
+        counts["payment"] += 1
+    return Workload(lines=lines, accounts=account_count, counts=counts)
+
+
+def publish(
+    bootstrap: str,
+    topic: str,
+    lines: Sequence[InboundLine],
+    *,
+    progress: Callable[[int], None] | None = None,
+    producer: KafkaProducer | None = None,
+) -> dict[int, int]:
+    """Send every line (acks=all) and return each partition's end offset (last offset + 1)."""
+    own = producer is None
+    sender: KafkaProducer = (
+        make_producer(bootstrap, client_id="ledger-bench-publisher")
+        if producer is None
+        else producer
+    )
+    ends: dict[int, int] = {}
+    failures: list[BaseException] = []
+
+    def delivered(metadata: object) -> None:
+        partition = int(getattr(metadata, "partition"))  # noqa: B009
+        offset = int(getattr(metadata, "offset"))  # noqa: B009
+        if offset + 1 > ends.get(partition, 0):
+            ends[partition] = offset + 1
+
+    try:
+        for index, line in enumerate(lines, start=1):
+            future = sender.send(topic, key=line.key, value=line.value)
+            future.add_callback(delivered)
+            future.add_errback(failures.append)
+            if progress is not None and index % 5_000 == 0:
+                progress(index)
+        sender.flush()
+    finally:
+        if own:
+            sender.close()
+    if failures:
+        raise RuntimeError(
+            f"{len(failures)} benchmark messages were not delivered: {failures[0]!r}"
+        )
+    if progress is not None:
+        progress(len(lines))
+    return ends

@@ -1,0 +1,83 @@
+"""`ledger bench` on both backends: the JSON document's shape, never its timings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from ledger.cli import app
+from ledger.kafka.broker import EmbeddedBroker
+from ledger.logging import configure_logging
+from ledger.persistence.urls import parse_database_url
+
+
+@pytest.fixture(autouse=True)
+def _logging_back_on_stderr() -> Iterator[None]:
+    """The CLI binds logging to the runner's captured stderr; point it back afterwards."""
+    yield
+    configure_logging("json", "warning")
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def _bench_databases(database_url: str) -> list[str]:
+    target = parse_database_url(database_url)
+    with psycopg.connect(target.conninfo, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'ledger_bench_%%'"
+        ).fetchall()
+    return [str(row[0]) for row in rows]
+
+
+def test_bench_json_document(
+    database_url: str,
+    broker: EmbeddedBroker,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("LEDGER_DATABASE_URL", database_url)
+    monkeypatch.setenv("LEDGER_KAFKA_BOOTSTRAP", broker.bootstrap)
+    monkeypatch.setenv("LEDGER_LOG_FORMAT", "json")
+    monkeypatch.setenv("LEDGER_LOG_LEVEL", "warning")
+    monkeypatch.chdir(tmp_path)
+    before = _bench_databases(database_url) if database_url.startswith("postgresql") else []
+
+    result = CliRunner().invoke(
+        app, ["bench", "--events", "2000", "--accounts", "100", "--json"], catch_exceptions=False
+    )
+
+    assert result.exit_code == 0, result.output
+    document = orjson.loads(result.stdout)
+    assert document["backend"] == parse_database_url(database_url).kind
+    assert document["events"] == 2000
+    assert document["broker"] == "external"
+    assert document["machine"]["cores"] >= 1
+    for phase in ("ingest", "rebuild"):
+        figures = document[phase]
+        assert {"events_per_s", "baseline_per_s", "ratio"} <= figures.keys()
+        assert all(_positive(figures[key]) for key in ("events_per_s", "baseline_per_s", "ratio"))
+    latency = document["latency"]
+    assert all(_positive(latency[key]) for key in ("p50_ms", "p99_ms", "max_ms"))
+    assert latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert _positive(document["load_ms"])
+    memory = document["memory"]
+    assert all(_positive(memory[key]) for key in ("start_mb", "end_mb", "peak_mb"))
+    assert memory["peak_mb"] >= memory["end_mb"]
+    # The deployment's own data is never touched: nothing left behind, nothing created.
+    if database_url.startswith("postgresql"):
+        assert _bench_databases(database_url) == before
+    else:
+        assert not Path(parse_database_url(database_url).sqlite_path or "").exists()
+
+
+def test_bench_refuses_an_unknown_phase(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["bench", "--only", "nonsense"])
+    assert result.exit_code != 0
