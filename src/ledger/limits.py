@@ -76,3 +76,7 @@ producer_pending_max = 100_000
 # Dead letters.
 reason_chars_max = 300
 """Longest one-line `error_reason` of a refused message (longer reasons are cut with "...")."""
+
+# Runtime.
+gc_gen0_threshold = 50_000
+"""Allocations between collections of the youngest generation in a worker (Python's is 700)."""

@@ -16,6 +16,7 @@ import structlog
 
 from consumers.ingest import IngestConsumer
 from ledger.clock import SystemClock
+from ledger.gc_tuning import tune_gc_for_throughput
 from ledger.ingest import IngestService
 from ledger.kafka.broker import resolve_bootstrap
 from ledger.kafka.clients import ResilientProducer, check_crc32c
@@ -63,6 +64,7 @@ def run_worker(name: str, settings: Settings, stop: threading.Event) -> None:
                 stop=stop,
             )
             log.info("ingest started", bootstrap=bootstrap, database=storage.target.describe())
+            tune_gc_for_throughput()
             try:
                 consumer.run()
             finally:
@@ -79,6 +81,7 @@ def run_worker(name: str, settings: Settings, stop: threading.Event) -> None:
         elif name == "projections":
             projection = BalancesProjection(storage.database)
             log.info("projections started", position=projection.position())
+            tune_gc_for_throughput()
             run_tail(storage.store, projection, stop)
         else:
             raise ValueError(f"unknown worker {name!r}; expected one of {WORKER_NAMES}")

@@ -21,6 +21,7 @@ from kafka import TopicPartition
 from consumers.ingest import IngestConsumer
 from ledger import limits
 from ledger.clock import SystemClock
+from ledger.gc_tuning import tune_gc_for_throughput
 from ledger.ingest import IngestService
 from ledger.kafka.clients import ResilientProducer, check_crc32c, make_consumer
 from ledger.logging import configure_logging
@@ -78,6 +79,7 @@ def run_ingest(config: dict[str, Any], stop: threading.Event) -> None:
         topic=config["topic"],
         dlq_topic=config["dlq_topic"],
     )
+    tune_gc_for_throughput()
     try:
         consumer.run()
     finally:

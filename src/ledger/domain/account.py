@@ -202,7 +202,7 @@ class Account(Aggregate):
     ) -> None:
         """Take a payment: settle what is owed; any excess is customer credit and an overpayment."""
         self._check_money(amount)
-        owed_minor = self.balance(LedgerAccount.RECEIVABLE).amount_minor
+        owed_minor = self.balances.get(LedgerAccount.RECEIVABLE, 0)
         settled_minor = min(amount.amount_minor, owed_minor)
         excess_minor = amount.amount_minor - settled_minor
         postings: list[Posting] = []

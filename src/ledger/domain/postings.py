@@ -24,6 +24,8 @@ class LedgerAccount(StrEnum):
     LOSSES = "losses"
 
 
+LEDGER_ACCOUNT_NAMES: frozenset[str] = frozenset(account.value for account in LedgerAccount)
+
 DEBIT_NORMAL: frozenset[str] = frozenset(
     {
         LedgerAccount.RECEIVABLE,
@@ -56,9 +58,8 @@ class Posting:
             raise UnbalancedPostingError(f"posting amount above amount_minor_max: {self!r}")
         if self.debit == self.credit:
             raise UnbalancedPostingError(f"posting debits and credits one account: {self!r}")
-        for name in (self.debit, self.credit):
-            if name not in LedgerAccount.__members__.values():
-                raise UnbalancedPostingError(f"unknown ledger account {name!r}")
+        if self.debit not in LEDGER_ACCOUNT_NAMES or self.credit not in LEDGER_ACCOUNT_NAMES:
+            raise UnbalancedPostingError(f"unknown ledger account in {self!r}")
 
 
 def natural_balance(ledger_account: str, debit_minus_credit_minor: int) -> int:
