@@ -89,9 +89,11 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S
 
 
 def read_balances(database_url: str, account_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-    """Raw debits-minus-credits balances of the given accounts, from the read model."""
+    """Balances of the given accounts from the read model ({} while `ledger run` is starting)."""
     database = Database(parse_database_url(database_url))
     try:
+        if not read_model_exists(database):
+            return {}
         result: dict[str, dict[str, int]] = {}
         for account_id in account_ids:
             try:
@@ -106,6 +108,17 @@ def read_balances(database_url: str, account_ids: Sequence[str]) -> dict[str, di
         return result
     finally:
         database.close()
+
+
+def read_model_exists(database: Database) -> bool:
+    """Whether `ledger run` has created the read model's tables yet."""
+    if database.kind == "sqlite":
+        sql = "SELECT count(*) FROM sqlite_master WHERE name = 'rm_accounts'"
+    else:
+        sql = "SELECT count(*) FROM pg_tables WHERE tablename = 'rm_accounts'"
+    with database.read() as cursor:
+        cursor.execute(sql)
+        return bool(cursor.fetchone()[0])
 
 
 def natural(expected: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
