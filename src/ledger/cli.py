@@ -11,6 +11,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -103,6 +105,20 @@ def wait_for_read_model(storage: Storage, timeout_s: float) -> None:
         delay_s = min(delay_s * 2, 0.2)
 
 
+@contextmanager
+def query_storage(*, wait: bool, timeout_s: float) -> Iterator[Storage]:
+    """Storage for one query: optionally waits for the read model; unknown accounts refused."""
+    storage = open_for_query(settings_and_logging())
+    try:
+        if wait:
+            wait_for_read_model(storage, timeout_s)
+        yield storage
+    except queries.NotFound as error:
+        raise Refused(str(error)) from error
+    finally:
+        storage.close()
+
+
 def _money_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     table = Table(title=title)
     table.add_column("field")
@@ -121,19 +137,10 @@ def balance(
     timeout: TimeoutOption = limits.query_wait_timeout_s,
 ) -> None:
     """Balances of one account (optionally as of a past time)."""
-    settings = settings_and_logging()
-    storage = open_for_query(settings)
-    try:
-        if wait:
-            wait_for_read_model(storage, timeout)
-        if at is not None and at.tzinfo is None:
-            raise Refused("--at needs a timestamp with an offset, e.g. 2026-11-25T10:00:00Z")
-        try:
-            answer = queries.balance(storage.database, account, at=at)
-        except queries.NotFound as error:
-            raise Refused(str(error)) from error
-    finally:
-        storage.close()
+    if at is not None and at.tzinfo is None:
+        raise Refused("--at needs a timestamp with an offset, e.g. 2026-11-25T10:00:00Z")
+    with query_storage(wait=wait, timeout_s=timeout) as storage:
+        answer = queries.balance(storage.database, account, at=at)
     if json_output:
         print_json(answer)
     else:
@@ -148,17 +155,8 @@ def history(
     timeout: TimeoutOption = limits.query_wait_timeout_s,
 ) -> None:
     """The account's domain events in order, with their postings."""
-    settings = settings_and_logging()
-    storage = open_for_query(settings)
-    try:
-        if wait:
-            wait_for_read_model(storage, timeout)
-        try:
-            events = queries.history(storage.database, account, limit=limits.history_page_max)
-        except queries.NotFound as error:
-            raise Refused(str(error)) from error
-    finally:
-        storage.close()
+    with query_storage(wait=wait, timeout_s=timeout) as storage:
+        events = queries.history(storage.database, account, limit=limits.history_page_max)
     if json_output:
         print_json(events)
         return
@@ -186,14 +184,8 @@ def trial_balance(
     timeout: TimeoutOption = limits.query_wait_timeout_s,
 ) -> None:
     """Sums per ledger account and currency; each currency's total is 0."""
-    settings = settings_and_logging()
-    storage = open_for_query(settings)
-    try:
-        if wait:
-            wait_for_read_model(storage, timeout)
+    with query_storage(wait=wait, timeout_s=timeout) as storage:
         answer = queries.trial_balance(storage.database)
-    finally:
-        storage.close()
     if json_output:
         print_json(answer)
         return

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from ledger.persistence.database import Database
@@ -64,6 +65,16 @@ def run_cli(
     return subprocess.run(
         [*LEDGER, *args], env=env, input=stdin, capture_output=True, timeout=120, check=False
     )
+
+
+def key_of(raw: bytes) -> bytes | None:
+    """The Kafka key a processor would use: the account id, when the line has one."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    account = value.get("account_id") if isinstance(value, dict) else None
+    return account.encode() if isinstance(account, str) else None
 
 
 def publish(

@@ -14,6 +14,7 @@ import pytest
 from ledger.kafka.broker import EmbeddedBroker
 from tests.books import expected_balances, invoice, opened, payment
 from tests.e2e.harness import (
+    key_of,
     ledger_env,
     natural,
     publish,
@@ -25,15 +26,6 @@ from tests.e2e.harness import (
     trial_balance,
     wait_for,
 )
-
-
-def key_of(raw: bytes) -> bytes | None:
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    account = value.get("account_id") if isinstance(value, dict) else None
-    return account.encode() if isinstance(account, str) else None
 
 
 def dead(process: psutil.Process) -> bool:

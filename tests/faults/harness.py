@@ -16,17 +16,15 @@ from typing import Any
 
 import orjson
 
+from ledger.deploy_setup import prepare_deployment
 from ledger.kafka.broker import set_parent_death_signal
-from ledger.kafka.topics import ensure_topics
 from ledger.persistence.database import Database
 from ledger.persistence.event_store import open_event_store
 from ledger.persistence.mapper import decode_state
 from ledger.persistence.positions import read_position
 from ledger.persistence.urls import parse_database_url
 from ledger.public_events import event_type_name
-from ledger.storage import prepare_schema
-from projections import queries
-from projections.balances import DDL as BALANCES_DDL
+from ledger.settings import Settings
 from tests.books import line, opened
 
 WORKERS = ("ingest", "relay", "projections")
@@ -36,18 +34,7 @@ CURRENCIES = ("USD", "EUR", "JPY")
 
 def prepare(bootstrap: str, database_url: str) -> None:
     """Topics and schema, created once before any worker starts (as `Supervisor.start` does)."""
-    ensure_topics(bootstrap, PARTITIONS)
-    prepare_schema(parse_database_url(database_url), BALANCES_DDL)
-
-
-def key_of(raw: bytes) -> bytes | None:
-    """The Kafka key a processor would use: the account id, when the line has one."""
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    account = value.get("account_id") if isinstance(value, dict) else None
-    return account.encode() if isinstance(account, str) else None
+    prepare_deployment(bootstrap, Settings(database_url=database_url, partitions=PARTITIONS))
 
 
 @dataclass
@@ -309,26 +296,6 @@ def max_notification_id(database_url: str) -> int:
         return store.process_recorder.max_notification_id() or 0
     finally:
         store.close()
-
-
-def read_balances(database_url: str, account_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-    """Natural-side balances from the read model, zeros dropped; creates nothing (unlike e2e's)."""
-    database = Database(parse_database_url(database_url))
-    try:
-        result: dict[str, dict[str, int]] = {}
-        for account_id in account_ids:
-            try:
-                answer = queries.balance(database, account_id)
-            except queries.NotFound:
-                continue
-            result[account_id] = {
-                name: value
-                for name, value in answer.items()
-                if isinstance(value, int) and name != "position" and value != 0
-            }
-        return result
-    finally:
-        database.close()
 
 
 def sleep_checking(workers: Workers, seconds: float) -> None:

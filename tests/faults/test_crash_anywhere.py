@@ -23,17 +23,15 @@ import pytest
 from kafka import KafkaProducer
 
 from ledger.kafka.broker import EmbeddedBroker
-from tests.e2e.harness import read_topic, trial_balance
+from tests.e2e.harness import key_of, read_balances, read_topic, trial_balance
 from tests.faults.harness import (
     WORKERS,
     Workers,
-    key_of,
     known_history,
     max_notification_id,
     model_of,
     positions,
     prepare,
-    read_balances,
     sleep_checking,
     store_events,
     wait_until,

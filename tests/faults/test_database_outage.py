@@ -22,7 +22,7 @@ import pytest
 
 from ledger.kafka.broker import EmbeddedBroker
 from tests.brokers import free_port
-from tests.e2e.harness import trial_balance
+from tests.e2e.harness import read_balances, trial_balance
 from tests.faults.harness import (
     Workers,
     known_history,
@@ -30,7 +30,6 @@ from tests.faults.harness import (
     model_of,
     positions,
     prepare,
-    read_balances,
     sleep_checking,
     wait_until,
 )
