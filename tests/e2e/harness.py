@@ -7,7 +7,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,17 @@ def start_ledger_run(env: dict[str, str], log_path: Path) -> subprocess.Popen[by
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+@contextmanager
+def running_ledger(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`ledger run` for the block: stopped cleanly after it, its log shown if an assert fails."""
+    process = start_ledger_run(env, log_path)
+    try:
+        with explained_by(log_path):
+            yield process
+    finally:
+        stop_ledger_run(process)
 
 
 def stop_ledger_run(process: subprocess.Popen[bytes], *, kill: bool = False) -> None:
@@ -86,6 +98,16 @@ def publish(
         producer.send("payments.inbound", key=key_of(raw), value=raw)
     producer.flush()
     producer.close()
+
+
+@contextmanager
+def explained_by(log_path: Path) -> Iterator[None]:
+    """On a failed assertion, show the end of the processes' log beside it."""
+    try:
+        yield
+    except AssertionError as error:
+        tail = log_path.read_text(errors="replace")[-6000:] if log_path.exists() else ""
+        raise AssertionError(f"{error}\n--- end of {log_path.name} ---\n{tail}") from error
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from pathlib import Path
 
 import orjson
@@ -21,6 +20,7 @@ from tests.e2e.harness import (
     read_balances,
     read_topic,
     run_cli,
+    running_ledger,
     start_ledger_run,
     stop_ledger_run,
     trial_balance,
@@ -63,8 +63,7 @@ def test_publish_twice_dead_letters_and_outbox(
     bad = [b"this is not json", payment("e6", "NOBODY", 100), b'{"type":"payment.received"}']
     source = tmp_path / "facts.jsonl"
     source.write_bytes(b"\n".join([good[0], bad[0], *good[1:3], bad[1], *good[3:], bad[2]]) + b"\n")
-    ledger = start_ledger_run(env, tmp_path / "run.log")
-    try:
+    with running_ledger(env, tmp_path / "run.log") as ledger:
         for _ in range(2):
             published = run_cli(["publish", str(source), "--json"], env)
             assert published.returncode == 0, published.stderr.decode()
@@ -133,8 +132,6 @@ def test_publish_twice_dead_letters_and_outbox(
             ("A", 3_000),
             ("B", 700),
         ]
-    finally:
-        stop_ledger_run(ledger)
     assert ledger.returncode == 0
 
 
@@ -147,7 +144,8 @@ def test_kill_9_mid_publish_then_restart(
     ledger = start_ledger_run(env, tmp_path / "run.log")
     publisher = threading.Thread(target=publish, args=(fresh_broker.bootstrap, lines, key_of))
     publisher.start()
-    time.sleep(4.0)
+    # Kill in the middle: once some facts are applied, while the rest are still coming.
+    wait_for(lambda: read_balances(database_url, list(expected)) != {}, "ingest under way")
     workers = psutil.Process(ledger.pid).children(recursive=True)
     assert len(workers) == 3
     stop_ledger_run(ledger, kill=True)
@@ -156,8 +154,7 @@ def test_kill_9_mid_publish_then_restart(
     publisher.join()
     partial = read_balances(database_url, list(expected))
     assert partial != expected, "the kill came too late to test anything"
-    ledger = start_ledger_run(env, tmp_path / "run.log")
-    try:
+    with running_ledger(env, tmp_path / "run.log"):
         wait_for(
             lambda: read_balances(database_url, list(expected)) == expected,
             "balances equal to a clean run",
@@ -165,8 +162,6 @@ def test_kill_9_mid_publish_then_restart(
         )
         trial = trial_balance(database_url)
         assert trial["currencies"]["USD"]["total"] == 0
-    finally:
-        stop_ledger_run(ledger)
 
 
 @pytest.mark.slow
@@ -177,8 +172,7 @@ def test_broker_restart_under_running_ledger(
     before = [opened("e1", "A"), payment("e2", "A", 100)]
     after = [payment("e3", "A", 200), opened("e4", "C"), invoice("e5", "C", 50)]
     log_path = tmp_path / "run.log"
-    ledger = start_ledger_run(env, log_path)
-    try:
+    with running_ledger(env, log_path):
         publish(fresh_broker.bootstrap, before, key_of)
         wait_for(
             lambda: read_balances(database_url, ["A"]) == natural(expected_balances(before)),
@@ -204,7 +198,5 @@ def test_broker_restart_under_running_ledger(
             ),
             "relay publishing again after the restart",
         )
-    finally:
-        stop_ledger_run(ledger)
     log_text = log_path.read_text()
     assert "topic recreated" in log_text
