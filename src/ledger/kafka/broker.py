@@ -138,7 +138,8 @@ class EmbeddedBroker:
 
     def __init__(self, port: int, host: str = "127.0.0.1", *, log_path: Path | None = None) -> None:
         """Describe the broker; `start()` runs it. Its output goes to `log_path` or a temp file."""
-        assert 0 < port < 65536, f"bad port {port}"
+        if not 0 < port < 65536:
+            raise ValueError(f"bad port {port}")
         self._port = port
         self._host = host
         self._log_path = log_path

@@ -122,7 +122,8 @@ def ensure_topics(
 
     `replication_factor` 1 suits the embedded broker; pass -1 for the cluster's default.
     """
-    assert partitions >= 1, f"partitions must be at least 1, got {partitions}"
+    if partitions < 1:
+        raise ValueError(f"partitions must be at least 1, got {partitions}")
     admin = make_admin(bootstrap)
     try:
         existing = set(admin.list_topics())

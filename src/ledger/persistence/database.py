@@ -70,7 +70,8 @@ class Database:
 
     def _connect_sqlite(self) -> sqlite3.Connection:
         if self._sqlite is None:
-            assert self.target.sqlite_path is not None
+            if self.target.sqlite_path is None:
+                raise ValueError(f"no SQLite path in {self.target.describe()}")
             self.target.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(
                 self.target.sqlite_path,

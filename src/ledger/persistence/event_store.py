@@ -64,14 +64,16 @@ class EventStore(Application[UUID]):
     def process_recorder(self) -> ProcessRecorder:
         """The recorder, typed as the process recorder it is."""
         recorder = self.recorder
-        assert isinstance(recorder, ProcessRecorder)
+        if not isinstance(recorder, ProcessRecorder):
+            raise TypeError(f"the event store needs a process recorder, got {type(recorder)}")
         return recorder
 
     @property
     def key_recorder(self) -> InboundKeyRecorder:
         """The recorder, typed for inbound idempotency keys."""
         recorder: Any = self.recorder
-        assert isinstance(recorder, InboundKeyRecorder)
+        if not isinstance(recorder, InboundKeyRecorder):
+            raise TypeError(f"the event store needs an inbound-key recorder, got {type(recorder)}")
         return recorder
 
 
