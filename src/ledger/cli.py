@@ -272,7 +272,8 @@ def republish(
     try:
         with storage.database.transaction() as cursor:
             reset_position(cursor, name, from_position - 1)
-        relay = OutboxRelay(storage.database, producer, position_name=name)
+        # Only ledger.events: customers are not notified a second time.
+        relay = OutboxRelay(storage.database, producer, position_name=name, notifications=False)
         sent = run_tail(storage.store, relay, threading.Event(), until_caught_up=True)
         with storage.database.transaction() as cursor:
             reset_position(cursor, name)

@@ -48,8 +48,10 @@ class OutboxRelay:
         producer: ResilientProducer,
         *,
         position_name: str = RELAY_POSITION_NAME,
+        notifications: bool = True,
     ) -> None:
         self.name = position_name
+        self.notifications = notifications
         self.database = database
         self.producer = producer
         with database.transaction() as cursor:
@@ -68,7 +70,7 @@ class OutboxRelay:
             key = str(public["account_id"]).encode()
             headers = cloudevent_headers(notification, public)
             self.producer.send(LEDGER_EVENTS, key=key, value=orjson.dumps(public), headers=headers)
-            if public["type"] == "overpayment_detected":
+            if self.notifications and public["type"] == "overpayment_detected":
                 request = notification_request(public)
                 self.producer.send(
                     LEDGER_NOTIFICATIONS,
