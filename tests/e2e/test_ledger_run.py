@@ -132,6 +132,18 @@ def test_publish_twice_dead_letters_and_outbox(
             ("A", 3_000),
             ("B", 700),
         ]
+        relayed = len(read_topic(fresh_broker.bootstrap, "ledger.events"))
+        republished = run_cli(["republish", "--from", "1", "--json"], env)
+        assert republished.returncode == 0, republished.stderr.decode()
+        assert orjson.loads(republished.stdout)["events"] == 7
+        again = read_topic(fresh_broker.bootstrap, "ledger.events")
+        assert len(again) == relayed + 7
+        assert {dict(e.headers)["ce_id"].decode() for e in again} == set(ids)
+        assert len(read_topic(fresh_broker.bootstrap, "ledger.notifications")) == 2
+        rebuilt = run_cli(["projections", "rebuild", "--json"], env)
+        assert rebuilt.returncode == 0, rebuilt.stderr.decode()
+        assert orjson.loads(rebuilt.stdout)["events"] == 7
+        assert orjson.loads(run_cli(["trial-balance", "--json"], env).stdout) == trial
     assert ledger.returncode == 0
 
 
