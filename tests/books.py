@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -61,29 +63,43 @@ def payment(event_id: str, account_id: str, amount: int, currency: str = "USD") 
     )
 
 
-def expected_balances(lines: list[bytes]) -> dict[str, dict[str, int]]:
-    """An independent model of the books for a list of lines (first event id wins)."""
+@dataclass
+class Model:
+    """What a clean run of a history must produce."""
+
+    balances: dict[str, dict[str, int]]
+    applied: Counter[str]
+    """Applied facts by inbound type."""
+    refused: int
+    """Lines that must be dead-lettered (at least once each)."""
+    applied_payment_ids: set[str]
+
+
+def model_of(lines: Sequence[bytes]) -> Model:
+    """An independent clean-run model: natural-side balances, applied facts, refusals."""
     seen: set[tuple[str, str]] = set()
     accounts: dict[str, dict[str, Any]] = {}
+    applied: Counter[str] = Counter()
+    payment_ids: set[str] = set()
+    refused = 0
     for raw in lines:
         try:
             fact = orjson.loads(raw)
-        except orjson.JSONDecodeError:
+            key = (fact["processor"], fact["event_id"])
+            kind = fact["type"]
+            account_id = fact["account_id"]
+            fact["occurred_at"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            refused += 1
             continue
-        if not isinstance(fact, dict):
-            continue
-        key = (fact.get("processor"), fact.get("event_id"))
         if key in seen:
             continue
-        account_id = fact.get("account_id")
-        kind = fact.get("type")
-        if kind == "account.opened":
-            if account_id in accounts:
-                continue
-            accounts[account_id] = {"currency": fact["currency"], "b": defaultdict(int)}
-        elif kind in ("invoice.issued", "payment.received"):
-            account = accounts.get(account_id)
-            if account is None or fact["amount"]["currency"] != account["currency"]:
+        account = accounts.get(account_id)
+        if kind == "account.opened" and account is None:
+            accounts[account_id] = {"currency": fact["currency"], "b": Counter()}
+        elif kind in ("invoice.issued", "payment.received") and account is not None:
+            if fact["amount"]["currency"] != account["currency"]:
+                refused += 1
                 continue
             amount = fact["amount"]["value"]
             books = account["b"]
@@ -95,10 +111,19 @@ def expected_balances(lines: list[bytes]) -> dict[str, dict[str, int]]:
                 books["receivable"] -= settled
                 books["customer_credit"] += amount - settled
                 books["cash"] += amount
+                payment_ids.add(fact["event_id"])
         else:
+            refused += 1
             continue
         seen.add(key)
-    return {
-        account_id: {name: value for name, value in account["b"].items()}
+        applied[kind] += 1
+    balances = {
+        account_id: {name: value for name, value in account["b"].items() if value}
         for account_id, account in accounts.items()
     }
+    return Model(balances, applied, refused, payment_ids)
+
+
+def expected_balances(lines: Sequence[bytes]) -> dict[str, dict[str, int]]:
+    """An independent model of the books for a list of lines (first event id wins)."""
+    return model_of(lines).balances

@@ -8,8 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,67 +186,6 @@ def bad_line(rng: random.Random, n: int, account: str, currency: str) -> bytes:
         other = next(c for c in CURRENCIES if c != currency)
         return payment_line(f"wrong-{n}", account, 100, other)
     return line(f"refund-{n}", "refund.failed", account, refund_id=f"r-{n}", reason="card closed")
-
-
-@dataclass
-class Model:
-    """What a clean run of a history must produce."""
-
-    balances: dict[str, dict[str, int]]
-    applied: Counter[str]
-    """Applied facts by inbound type."""
-    refused: int
-    """Lines that must be dead-lettered (at least once each)."""
-    applied_payment_ids: set[str]
-
-
-def model_of(lines: Sequence[bytes]) -> Model:
-    """An independent clean-run model: natural-side balances, applied facts, refusals."""
-    seen: set[tuple[str, str]] = set()
-    accounts: dict[str, dict[str, Any]] = {}
-    applied: Counter[str] = Counter()
-    payment_ids: set[str] = set()
-    refused = 0
-    for raw in lines:
-        try:
-            fact = orjson.loads(raw)
-            key = (fact["processor"], fact["event_id"])
-            kind = fact["type"]
-            account_id = fact["account_id"]
-            fact["occurred_at"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            refused += 1
-            continue
-        if key in seen:
-            continue
-        account = accounts.get(account_id)
-        if kind == "account.opened" and account is None:
-            accounts[account_id] = {"currency": fact["currency"], "b": Counter()}
-        elif kind in ("invoice.issued", "payment.received") and account is not None:
-            if fact["amount"]["currency"] != account["currency"]:
-                refused += 1
-                continue
-            amount = fact["amount"]["value"]
-            books = account["b"]
-            if kind == "invoice.issued":
-                books["receivable"] += amount
-                books["revenue"] += amount
-            else:
-                settled = min(amount, books["receivable"])
-                books["receivable"] -= settled
-                books["customer_credit"] += amount - settled
-                books["cash"] += amount
-                payment_ids.add(fact["event_id"])
-        else:
-            refused += 1
-            continue
-        seen.add(key)
-        applied[kind] += 1
-    balances = {
-        account_id: {name: value for name, value in account["b"].items() if value}
-        for account_id, account in accounts.items()
-    }
-    return Model(balances, applied, refused, payment_ids)
 
 
 @dataclass(frozen=True)

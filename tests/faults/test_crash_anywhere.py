@@ -23,13 +23,13 @@ import pytest
 from kafka import KafkaProducer
 
 from ledger.kafka.broker import EmbeddedBroker
+from tests.books import model_of
 from tests.e2e.harness import key_of, read_balances, read_topic, trial_balance
 from tests.faults.harness import (
     WORKERS,
     Workers,
     known_history,
     max_notification_id,
-    model_of,
     positions,
     prepare,
     sleep_checking,

@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 
 from ledger.kafka.broker import EmbeddedBroker
+from tests.books import model_of
 from tests.brokers import free_port
 from tests.e2e.harness import read_balances, trial_balance
 from tests.faults.harness import (
     Workers,
     known_history,
     max_notification_id,
-    model_of,
     positions,
     prepare,
     sleep_checking,
