@@ -51,38 +51,32 @@ class Account(Aggregate):
 
         account_id: str
 
-    class InvoiceIssued(Event):
+    class MoneyFact(Event):
+        """A processor's fact that moves money, posted exactly once by this event."""
+
+        source: str
+        source_event_id: str
+        reported_at: str
+        amount_minor: int
+        currency: str
+        postings: tuple[Posting, ...]
+
+        def apply(self, aggregate: Any) -> None:
+            """Move the balances by this event's postings."""
+            aggregate.apply_postings(self.postings)
+
+    class InvoiceIssued(MoneyFact):
         """The customer was billed: receivable up, revenue recognised."""
 
         invoice_id: str
-        amount_minor: int
-        currency: str
         due_date: str
-        source: str
-        source_event_id: str
-        reported_at: str
-        postings: tuple[Posting, ...]
 
-        def apply(self, aggregate: Any) -> None:
-            """Move the balances by this event's postings."""
-            aggregate.apply_postings(self.postings)
-
-    class PaymentReceived(Event):
+    class PaymentReceived(MoneyFact):
         """Money arrived: it settles the receivable and any excess becomes customer credit."""
 
         payment_id: str
-        amount_minor: int
-        currency: str
         method: str
         invoice_id: str | None
-        source: str
-        source_event_id: str
-        reported_at: str
-        postings: tuple[Posting, ...]
-
-        def apply(self, aggregate: Any) -> None:
-            """Move the balances by this event's postings."""
-            aggregate.apply_postings(self.postings)
 
     class OverpaymentDetected(Event):
         """A payment exceeded the whole receivable; the excess (already posted) is owed back."""
