@@ -15,7 +15,8 @@ from typing import Any
 
 import structlog
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import Tracking
+from eventsourcing.domain import Snapshot
+from eventsourcing.persistence import PersistenceError, Tracking
 
 from ledger import limits
 from ledger.clock import Clock
@@ -137,6 +138,32 @@ class IngestService:
         self.store.process_recorder.insert_events(
             stored, tracking=tracking, inbound_keys=batch.keys
         )
+        self._take_snapshots(batch)
+
+    def _take_snapshots(self, batch: PreparedBatch) -> None:
+        """Snapshot every cached account that passed a multiple of the snapshot interval.
+
+        Best effort, after the commit: a snapshot only makes loading faster, and one that
+        already exists (the batch was re-done) is simply there already.
+        """
+        snapshots = self.store.snapshots
+        interval = limits.snapshot_interval_events
+        if snapshots is None:
+            return
+        due = {
+            event.account_id for event in batch.events if event.originator_version % interval == 0
+        }
+        taken = [
+            Snapshot.take(account)
+            for account in (self._cache.get(account_id) for account_id in due)
+            if account is not None
+        ]
+        if not taken:
+            return
+        try:
+            snapshots.put(taken)
+        except PersistenceError as error:
+            log.info("snapshots not written", accounts=len(taken), error=str(error))
 
     def evict(self, account_ids: Iterable[str]) -> None:
         """Forget cached accounts (after a failed commit their memory is ahead of the store)."""

@@ -33,6 +33,8 @@ backoff_initial_s = 0.2
 backoff_max_s = 5.0
 
 # Event store and read models.
+snapshot_interval_events = 100
+"""The ingest snapshots an account each time its version passes a multiple of this."""
 aggregate_cache_max = 10_000
 """Account aggregates kept in memory by one ingest worker (least recently used are dropped)."""
 notification_batch_max = 2000

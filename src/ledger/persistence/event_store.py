@@ -19,6 +19,8 @@ def event_store_env(target: DatabaseTarget, *, create_table: bool) -> dict[str, 
     """The eventsourcing environment for a database target."""
     common = {
         "CREATE_TABLE": "y" if create_table else "n",
+        # Loads start from the latest snapshot (the ingest takes them); see ingest.py.
+        "IS_SNAPSHOTTING_ENABLED": "y",
         # Empty means no repository cache ("0" would mean an unbounded one); the ingest keeps
         # its own bounded cache (limits.aggregate_cache_max).
         "AGGREGATE_CACHE_MAXSIZE": "",

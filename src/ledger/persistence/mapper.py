@@ -47,7 +47,11 @@ class OrjsonMapper(Mapper[UUID]):
             originator_id=originator_id,
             originator_version=originator_version,
             topic=_topic(type(domain_event)),
-            state=orjson.dumps(state),
+            # A snapshot's state holds dicts keyed by ledger accounts (str enums).
+            state=orjson.dumps(
+                state,
+                option=orjson.OPT_NON_STR_KEYS if isinstance(domain_event, Snapshot) else 0,
+            ),
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
