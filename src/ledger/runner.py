@@ -51,7 +51,16 @@ class Supervisor:
         extra_env: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
-        self.worker_names = tuple(workers)
+        # `ingest` runs `settings.ingest_workers` times; the copies share the partitions.
+        self.worker_names = tuple(
+            instance
+            for name in workers
+            for instance in (
+                [name, *(f"{name}-{n}" for n in range(2, settings.ingest_workers + 1))]
+                if name == "ingest"
+                else [name]
+            )
+        )
         self.extra_env = dict(extra_env or {})
         self.broker: EmbeddedBroker | None = None
         self.bootstrap = ""
@@ -84,7 +93,7 @@ class Supervisor:
         env["LEDGER_DATABASE_URL"] = self.settings.database_url
         # The parent-death signal is tied to the spawning thread: spawn from the main thread.
         return subprocess.Popen(
-            [sys.executable, "-m", "ledger.workers", name],
+            [sys.executable, "-m", "ledger.workers", name.split("-", 1)[0]],
             env=env,
             preexec_fn=set_parent_death_signal,
         )

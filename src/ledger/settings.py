@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     """Unset: console on a terminal, JSON otherwise."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     partitions: int = Field(default=4, ge=1, le=1024)
+    ingest_workers: int = Field(default=1, ge=1, le=64)
+    """Ingest processes `ledger run` starts; they share the partitions of payments.inbound."""
     actor: str | None = None
     role: str | None = None
     consumer_group_prefix: str = "ledger"

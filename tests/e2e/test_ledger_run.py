@@ -212,3 +212,28 @@ def test_broker_restart_under_running_ledger(
         )
     log_text = log_path.read_text()
     assert "topic recreated" in log_text
+
+
+def test_two_ingest_workers_share_the_partitions(
+    fresh_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    database_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    env = ledger_env(fresh_broker.bootstrap, database_url, LEDGER_INGEST_WORKERS="2")
+    lines = history_lines(accounts=40, events=2_000, seed=11)
+    expected = natural(expected_balances(lines))
+    with running_ledger(env, tmp_path / "run.log") as ledger:
+        wait_for(lambda: len(psutil.Process(ledger.pid).children()) == 4, "four workers")
+        publish(fresh_broker.bootstrap, lines, key_of)
+        wait_for(
+            lambda: read_balances(database_url, list(expected)) == expected,
+            "balances equal to a single worker's",
+        )
+    log_text = (tmp_path / "run.log").read_text()
+    assigned = [
+        orjson.loads(entry)["partition"]
+        for entry in log_text.splitlines()
+        if '"partition assigned"' in entry
+    ]
+    # Each ingest worker owns part of the partitions after the group settles.
+    assert set(assigned) == {0, 1, 2, 3}
+    assert log_text.count('"ingest started"') == 2
