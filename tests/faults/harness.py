@@ -23,7 +23,7 @@ from ledger.persistence.positions import read_position
 from ledger.persistence.urls import parse_database_url
 from ledger.public_events import event_type_name
 from ledger.settings import Settings
-from tests.books import line, opened
+from tests.books import invoice, line, opened, payment
 
 WORKERS = ("ingest", "relay", "projections")
 PARTITIONS = 4
@@ -138,39 +138,15 @@ def known_history(rng: random.Random, *, accounts: int, events: int) -> list[byt
             late.discard(account)
             lines.append(opened(f"open-{account}", account, currency=money))
         elif roll < 0.40:
-            lines.append(invoice_line(f"inv-{n}", account, rng.randrange(1, 50_000), money))
+            lines.append(invoice(f"inv-{n}", account, rng.randrange(1, 50_000), money))
         elif roll < 0.80:
-            lines.append(payment_line(f"pay-{n}", account, rng.randrange(1, 80_000), money))
+            lines.append(payment(f"pay-{n}", account, rng.randrange(1, 80_000), money))
         elif roll < 0.90 and len(lines) > 1:
             lines.append(lines[rng.randrange(len(lines))])
         else:
             lines.append(bad_line(rng, n, account, money))
     lines.extend(opened(f"open-{account}", account, currency=currency[account]) for account in late)
     return lines
-
-
-def invoice_line(event_id: str, account_id: str, amount: int, currency: str) -> bytes:
-    """An invoice.issued line in any currency."""
-    return line(
-        event_id,
-        "invoice.issued",
-        account_id,
-        invoice_id=f"inv-{event_id}",
-        amount={"value": amount, "currency": currency},
-        due_date="2026-12-31",
-    )
-
-
-def payment_line(event_id: str, account_id: str, amount: int, currency: str) -> bytes:
-    """A payment.received line in any currency."""
-    return line(
-        event_id,
-        "payment.received",
-        account_id,
-        payment_id=f"pay-{event_id}",
-        amount={"value": amount, "currency": currency},
-        method="card",
-    )
 
 
 def bad_line(rng: random.Random, n: int, account: str, currency: str) -> bytes:
@@ -181,10 +157,10 @@ def bad_line(rng: random.Random, n: int, account: str, currency: str) -> bytes:
     if choice == 1:
         return orjson.dumps({"type": "payment.received", "event_id": f"bad-{n}"})
     if choice == 2:
-        return payment_line(f"ghost-{n}", f"GHOST-{n}", 100, currency)
+        return payment(f"ghost-{n}", f"GHOST-{n}", 100, currency)
     if choice == 3:
         other = next(c for c in CURRENCIES if c != currency)
-        return payment_line(f"wrong-{n}", account, 100, other)
+        return payment(f"wrong-{n}", account, 100, other)
     return line(f"refund-{n}", "refund.failed", account, refund_id=f"r-{n}", reason="card closed")
 
 

@@ -36,8 +36,7 @@ from ledger.persistence.urls import parse_database_url
 from ledger.public_events import event_type_name
 from ledger.tailing import run_tail
 from projections import balances, queries
-from tests.books import opened
-from tests.faults.harness import invoice_line, payment_line
+from tests.books import invoice, opened, payment
 
 POLICY = Policy(version="test-1")
 CLOCK = FixedClock(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
@@ -57,7 +56,7 @@ def facts(prefix: str, rng: random.Random) -> list[tuple[bytes, bytes]]:
     result = []
     for n in range(FACTS_PER_TOPIC):
         account = rng.choice(sorted(ACCOUNTS))
-        make = invoice_line if rng.random() < 0.5 else payment_line
+        make = invoice if rng.random() < 0.5 else payment
         raw = make(f"{prefix}-{n}", account, rng.randrange(1, 10_000), ACCOUNTS[account])
         result.append((account.encode(), raw))
     return result

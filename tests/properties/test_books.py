@@ -33,8 +33,7 @@ from ledger.persistence.event_store import EventStore, open_event_store
 from ledger.persistence.urls import parse_database_url
 from ledger.tailing import run_tail
 from projections import balances, queries
-from tests.books import expected_balances, line, opened
-from tests.faults.harness import invoice_line, payment_line
+from tests.books import expected_balances, invoice, line, opened, payment
 from tests.hypothesis_settings import max_examples
 
 POLICY = Policy(version="test-1")
@@ -63,9 +62,9 @@ def histories(draw: st.DrawFn) -> tuple[list[bytes], list[int]]:
         elif kind == "open_again":
             lines.append(opened(f"reopen-{n}", account, currency=money))
         elif kind == "invoice":
-            lines.append(invoice_line(f"i{n}", account, amount, money))
+            lines.append(invoice(f"i{n}", account, amount, money))
         elif kind == "payment":
-            lines.append(payment_line(f"p{n}", account, amount, money))
+            lines.append(payment(f"p{n}", account, amount, money))
         elif kind == "duplicate" and lines:
             lines.append(lines[draw(st.integers(0, len(lines) - 1))])
         else:

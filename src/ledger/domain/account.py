@@ -167,18 +167,16 @@ class Account(Aggregate):
             ),
         )
         self._check_postings(postings)
-        self.trigger_event(
+        self._record_money_fact(
             self.InvoiceIssued,
-            timestamp=now,
-            account_id=self.account_id,
-            invoice_id=invoice_id,
-            amount_minor=amount.amount_minor,
-            currency=amount.currency,
-            due_date=due_date.isoformat(),
+            amount=amount,
             source=source,
             source_event_id=source_event_id,
-            reported_at=reported_at.isoformat(),
+            reported_at=reported_at,
+            now=now,
             postings=postings,
+            invoice_id=invoice_id,
+            due_date=due_date.isoformat(),
         )
 
     def receive_payment(
@@ -211,19 +209,17 @@ class Account(Aggregate):
                 )
             )
         self._check_postings(postings)
-        self.trigger_event(
+        self._record_money_fact(
             self.PaymentReceived,
-            timestamp=now,
-            account_id=self.account_id,
-            payment_id=payment_id,
-            amount_minor=amount.amount_minor,
-            currency=amount.currency,
-            method=method,
-            invoice_id=invoice_id,
+            amount=amount,
             source=source,
             source_event_id=source_event_id,
-            reported_at=reported_at.isoformat(),
+            reported_at=reported_at,
+            now=now,
             postings=tuple(postings),
+            payment_id=payment_id,
+            method=method,
+            invoice_id=invoice_id,
         )
         if excess_minor >= policy.overpayment.detect_minimum_minor:
             self.trigger_event(
@@ -237,6 +233,31 @@ class Account(Aggregate):
                 policy_version=policy.version,
                 postings=(),
             )
+
+    def _record_money_fact(
+        self,
+        event_class: type[MoneyFact],
+        *,
+        amount: Money,
+        source: str,
+        source_event_id: str,
+        reported_at: datetime,
+        now: datetime,
+        postings: tuple[Posting, ...],
+        **own_fields: Any,
+    ) -> None:
+        self.trigger_event(
+            event_class,
+            timestamp=now,
+            account_id=self.account_id,
+            source=source,
+            source_event_id=source_event_id,
+            reported_at=reported_at.isoformat(),
+            amount_minor=amount.amount_minor,
+            currency=amount.currency,
+            postings=postings,
+            **own_fields,
+        )
 
     def apply_postings(self, postings: tuple[Posting, ...]) -> None:
         """Move balances (called only while applying an already validated event)."""
