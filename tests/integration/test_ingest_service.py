@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from eventsourcing.persistence import IntegrityError, Tracking
@@ -187,3 +187,19 @@ def test_ingest_snapshots_long_accounts(store: EventStore) -> None:
     assert isinstance(loaded, Account) and cached is not None
     assert (loaded.version, loaded.balances) == (cached.version, cached.balances)
     assert loaded.balances["customer_credit"] == -sum(range(1, 250))
+
+
+def test_balance_as_of_a_past_time(database_url: str, store: EventStore) -> None:
+    clock = FixedClock(datetime(2026, 11, 1, 9, 0, tzinfo=UTC))
+    service = IngestService(store, policy=POLICY, clock=clock)
+    ingest(service, [opened("e1", "A"), invoice("e2", "A", 1_000)])
+    clock.advance(timedelta(days=1))
+    ingest(service, [payment("e3", "A", 1_500)], start=2)
+    database = project(database_url, store)
+    before = queries.balance(database, "A", at=datetime(2026, 11, 1, 12, 0, tzinfo=UTC))
+    assert (before["receivable"], before["customer_credit"], before["cash"]) == (1_000, 0, 0)
+    after = queries.balance(database, "A", at=datetime(2026, 11, 2, 9, 0, tzinfo=UTC))
+    assert (after["receivable"], after["customer_credit"], after["cash"]) == (0, 500, 1_500)
+    assert after["as_of"] == "2026-11-02T09:00:00+00:00"
+    assert queries.balance(database, "A")["customer_credit"] == 500
+    database.close()
