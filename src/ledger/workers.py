@@ -7,6 +7,7 @@ batch in hand.
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import sys
 import threading
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
+    # `kill -USR1 <pid>` writes every thread's stack to stderr: for a worker that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     stop = threading.Event()
     install_stop_handlers(stop)
     run_worker(args[0], settings, stop)

@@ -118,6 +118,9 @@ class Workers:
             try:
                 codes[name] = worker.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
+                # Leave the stuck worker's stacks in its log before killing it.
+                worker.process.send_signal(signal.SIGUSR1)
+                time.sleep(1.0)
                 worker.process.kill()
                 worker.process.wait()
                 codes[name] = None
