@@ -10,6 +10,7 @@ import textwrap
 import threading
 import time
 import uuid
+from contextlib import closing
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -78,7 +79,7 @@ def test_ensure_topics_creates_requested_partition_count(broker: EmbeddedBroker)
     finally:
         consumer.close()
 
-    with TopicWatcher(broker.bootstrap) as watcher:
+    with closing(TopicWatcher(broker.bootstrap)) as watcher:
         info = watcher.describe(names[0])
         assert info is not None
         assert info.partitions == (0, 1, 2)

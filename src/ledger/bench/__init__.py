@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from contextlib import closing
 from typing import Any
 
 import orjson
@@ -65,7 +66,7 @@ def run_bench(
         "load_ms": None,
         "memory": None,
     }
-    with Scratch(settings) as scratch, Progress(console=console, transient=True) as bars:
+    with closing(Scratch(settings)) as scratch, Progress(console=console, transient=True) as bars:
         tasks: dict[str, TaskID] = {}
 
         def progress(label: str, done: int, total: int) -> None:

