@@ -90,14 +90,25 @@ def key_of(raw: bytes) -> bytes | None:
 
 
 def publish(
-    bootstrap: str, lines: Sequence[bytes], key_of: Callable[[bytes], bytes | None]
+    bootstrap: str,
+    lines: Sequence[bytes],
+    key_of: Callable[[bytes], bytes | None],
+    *,
+    chunk: int = 0,
+    pause_s: float = 0.0,
 ) -> None:
-    """Send lines to payments.inbound directly (faster than the CLI for big tests)."""
+    """Send lines to payments.inbound directly; in chunks with pauses, to spread them in time."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    for raw in lines:
-        producer.send("payments.inbound", key=key_of(raw), value=raw)
-    producer.flush()
-    producer.close()
+    step = chunk or max(1, len(lines))
+    try:
+        for start in range(0, len(lines), step):
+            for raw in lines[start : start + step]:
+                producer.send("payments.inbound", key=key_of(raw), value=raw)
+            producer.flush()
+            if pause_s:
+                time.sleep(pause_s)
+    finally:
+        producer.close()
 
 
 @contextmanager

@@ -153,8 +153,15 @@ def test_kill_9_mid_publish_then_restart(
     env = ledger_env(fresh_broker.bootstrap, database_url)
     lines = history_lines(accounts=200, events=10_000, seed=7)
     expected = natural(expected_balances(lines))
-    ledger = start_ledger_run(env, tmp_path / "run.log")
-    publisher = threading.Thread(target=publish, args=(fresh_broker.bootstrap, lines, key_of))
+    log_path = tmp_path / "run.log"
+    ledger = start_ledger_run(env, log_path)
+    wait_for(lambda: "partition assigned" in log_path.read_text(), "ingest joined its group")
+    # Spread over a few seconds, so the kill lands while facts are still arriving.
+    publisher = threading.Thread(
+        target=publish,
+        args=(fresh_broker.bootstrap, lines, key_of),
+        kwargs={"chunk": 250, "pause_s": 0.1},
+    )
     publisher.start()
     # Kill in the middle: once some facts are applied, while the rest are still coming.
     wait_for(lambda: read_balances(database_url, list(expected)) != {}, "ingest under way")

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from kafka import KafkaProducer
 
 from ledger.kafka.broker import EmbeddedBroker
 from tests.books import model_of
-from tests.e2e.harness import key_of, read_balances, read_topic, trial_balance
+from tests.e2e.harness import key_of, publish, read_balances, read_topic, trial_balance
 from tests.faults.harness import (
     WORKERS,
     Workers,
@@ -47,18 +46,6 @@ CHUNK = 50
 SETTLE_TIMEOUT_S = 120.0
 
 
-def publish_slowly(bootstrap: str, lines: list[bytes], pause_s: float) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    try:
-        for start in range(0, len(lines), CHUNK):
-            for raw in lines[start : start + CHUNK]:
-                producer.send("payments.inbound", key=key_of(raw), value=raw)
-            producer.flush()
-            time.sleep(pause_s)
-    finally:
-        producer.close()
-
-
 def distinct_dead_letters(bootstrap: str) -> set[tuple[bytes, bytes]]:
     return {
         (dict(r.headers)["source_partition"], dict(r.headers)["source_offset"])
@@ -79,7 +66,11 @@ def test_crash_anywhere(
     prepare(bootstrap, database_url)
     workers = Workers(bootstrap, database_url, tmp_path)
     workers.start_all()
-    publisher = threading.Thread(target=publish_slowly, args=(bootstrap, lines, 0.08))
+    publisher = threading.Thread(
+        target=publish,
+        args=(bootstrap, lines, key_of),
+        kwargs={"chunk": CHUNK, "pause_s": 0.08},
+    )
     try:
         publisher.start()
         # Each worker dies at least once (in a random order) when there are kills enough.
