@@ -23,7 +23,7 @@ import pytest
 from ledger.kafka.broker import EmbeddedBroker
 from tests.books import model_of
 from tests.brokers import free_port
-from tests.e2e.harness import read_balances, trial_balance
+from tests.e2e.harness import key_of, publish, read_balances, trial_balance
 from tests.faults.harness import (
     Workers,
     known_history,
@@ -33,7 +33,6 @@ from tests.faults.harness import (
     sleep_checking,
     wait_until,
 )
-from tests.faults.test_crash_anywhere import publish_slowly
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 OUTAGE_S = 4.0
@@ -103,7 +102,11 @@ def test_workers_ride_out_a_postgres_restart(
     # default is 30 s): shorter than the outage, so every worker meets the errors, not only a wait.
     workers = Workers(bootstrap, url, tmp_path, extra_env={"POSTGRES_CONNECT_TIMEOUT": "1"})
     workers.start_all()
-    publisher = threading.Thread(target=publish_slowly, args=(bootstrap, lines, 0.2))
+    publisher = threading.Thread(
+        target=publish,
+        args=(bootstrap, lines, key_of),
+        kwargs={"chunk": 50, "pause_s": 0.2},
+    )
     try:
         publisher.start()
         assert wait_until(lambda: positions(url)["projection"] > 0, 30, tick=workers.check)
