@@ -26,14 +26,7 @@ from tests.e2e.harness import (
     trial_balance,
     wait_for,
 )
-
-
-def dead(process: psutil.Process) -> bool:
-    """Gone, or a zombie nobody reaps (this machine's PID 1 does not reap orphans)."""
-    try:
-        return bool(process.status() == psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return True
+from tests.processes import gone
 
 
 def history_lines(accounts: int, events: int, seed: int) -> list[bytes]:
@@ -169,7 +162,7 @@ def test_kill_9_mid_publish_then_restart(
     assert len(workers) == 3
     stop_ledger_run(ledger, kill=True)
     # The parent-death signal takes every worker down with the supervisor.
-    wait_for(lambda: all(dead(worker) for worker in workers), "workers gone", timeout_s=10)
+    wait_for(lambda: all(gone(worker.pid) for worker in workers), "workers gone", timeout_s=10)
     publisher.join()
     partial = read_balances(database_url, list(expected))
     assert partial != expected, "the kill came too late to test anything"

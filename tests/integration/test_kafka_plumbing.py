@@ -32,6 +32,7 @@ from ledger.kafka.clients import (
 )
 from ledger.kafka.topics import TopicWatcher, ensure_topics, make_admin, topic_id
 from tests.brokers import free_port
+from tests.processes import gone
 
 POLL_DEADLINE_S = 10.0
 
@@ -223,12 +224,6 @@ def _state_and_parent(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[1])
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process runs (a zombie waiting for a reaper counts as gone)."""
-    found = _state_and_parent(pid)
-    return found is not None and found[0] not in ("Z", "X")
-
-
 def test_broker_dies_with_its_parent_on_kill_9() -> None:
     port = free_port()
     child = subprocess.Popen(
@@ -242,7 +237,7 @@ def test_broker_dies_with_its_parent_on_kill_9() -> None:
         line = child.stdout.readline()
         assert line.strip(), f"child did not start a broker (exit code {child.poll()})"
         broker_pid = int(line)
-        assert _alive(broker_pid)
+        assert not gone(broker_pid)
         found = _state_and_parent(broker_pid)
         assert found is not None and found[1] == child.pid
         assert is_listening("127.0.0.1", port)
@@ -251,13 +246,13 @@ def test_broker_dies_with_its_parent_on_kill_9() -> None:
         child.wait(timeout=5)
 
         deadline = time.monotonic() + 5.0
-        while _alive(broker_pid) and time.monotonic() < deadline:
+        while not gone(broker_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(broker_pid), "the broker outlived its parent's kill -9"
+        assert gone(broker_pid), "the broker outlived its parent's kill -9"
         assert not is_listening("127.0.0.1", port)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
-        if broker_pid is not None and _alive(broker_pid):
+        if broker_pid is not None and not gone(broker_pid):
             os.kill(broker_pid, signal.SIGKILL)
