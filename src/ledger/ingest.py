@@ -106,12 +106,13 @@ class IngestService:
                 batch.dead_letters.append(DeadLetter(message, rejected.kind, rejected.reason))
         keys = [idempotency_key(fact.processor, fact.event_id) for _, fact in parsed]
         seen = self.store.key_recorder.select_inbound_keys(set(keys)) if keys else set()
+        unopened = self._never_opened(fact for _, fact in parsed)
         for (message, fact), key in zip(parsed, keys, strict=True):
             if key in seen:
                 batch.duplicates += 1
                 continue
             try:
-                account = self._apply(fact)
+                account = self._apply(fact, unopened)
             except UnknownAccountError as error:
                 batch.dead_letters.append(
                     DeadLetter(
@@ -174,10 +175,30 @@ class IngestService:
         """Forget every cached account."""
         self._cache.clear()
 
-    def _apply(self, fact: InboundEvent) -> Account:
+    def _never_opened(self, facts: Iterable[InboundEvent]) -> set[str]:
+        """Accounts the batch opens that neither the cache nor the store knows (one query).
+
+        Loading an account that does not exist costs a snapshot and an event query each; most
+        openings are of new accounts, so the batch asks once which of them exist.
+        """
+        candidates = {
+            fact.account_id
+            for fact in facts
+            if isinstance(fact, AccountOpenedIn) and fact.account_id not in self._cache
+        }
+        if not candidates:
+            return set()
+        existing = self.store.key_recorder.select_existing_originators(
+            [account_uuid(account_id) for account_id in candidates]
+        )
+        return {account_id for account_id in candidates if account_uuid(account_id) not in existing}
+
+    def _apply(self, fact: InboundEvent, unopened: set[str]) -> Account:
         now = self.clock.now()
         if isinstance(fact, AccountOpenedIn):
-            if self._load(fact.account_id) is not None:
+            if fact.account_id in unopened:
+                unopened.discard(fact.account_id)  # a second opening in the batch is refused
+            elif self._load(fact.account_id) is not None:
                 raise DomainRuleError(f"account {fact.account_id} is already open")
             account = Account.open(
                 account_id=fact.account_id,

@@ -127,6 +127,28 @@ def test_bad_messages_become_dead_letters(store: EventStore) -> None:
     assert "not handled yet" in reasons[6]
 
 
+def test_opening_an_open_account_is_refused(store: EventStore) -> None:
+    """Whether the account is in the store only, in the cache, or opened earlier in the batch."""
+    ingest(IngestService(store, policy=POLICY, clock=CLOCK), [opened("e1", "A")])
+    fresh = IngestService(store, policy=POLICY, clock=CLOCK)  # knows A only from the store
+    batch = ingest(
+        fresh,
+        [opened("e2", "A"), opened("e3", "B"), opened("e4", "B"), opened("e5", "C")],
+        start=1,
+    )
+    refused = {letter.event_id: letter for letter in batch.dead_letters}
+    assert sorted(refused) == ["e2", "e4"]
+    assert all(letter.kind == "domain_rule" for letter in refused.values())
+    assert "account A is already open" in refused["e2"].reason
+    assert "account B is already open" in refused["e4"].reason
+    assert batch.applied == 2
+    again = ingest(fresh, [opened("e6", "C")], start=5)  # C now in the cache
+    assert [letter.reason for letter in again.dead_letters] == ["account C is already open"]
+    for account_id in ("A", "B", "C"):
+        versions = store.repository.get(account_uuid(account_id)).version
+        assert versions == 1, account_id
+
+
 def test_redelivered_position_is_refused(store: EventStore) -> None:
     service = IngestService(store, policy=POLICY, clock=CLOCK)
     ingest(service, [opened("e1", "A")])

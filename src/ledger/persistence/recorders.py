@@ -23,6 +23,14 @@ class InboundKeyRecorder:
         """The given idempotency keys that are already recorded."""
         raise NotImplementedError
 
+    def select_existing_originators(self, originator_ids: Collection[UUID]) -> set[UUID]:
+        """The given aggregate ids that have at least one stored event (one query per chunk)."""
+        raise NotImplementedError
+
+
+_SQLITE_CHUNK_MAX = 500
+"""Parameters per `IN (...)` query on SQLite (its default limit is far above; keeps plans small)."""
+
 
 class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
     """SQLite process recorder with an inbound idempotency-key table."""
@@ -67,15 +75,26 @@ class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
 
     def select_inbound_keys(self, keys: Collection[str]) -> set[str]:
         """The given idempotency keys that are already recorded."""
-        found: set[str] = set()
-        ordered = list(keys)
-        chunk_max = 500
+        return set(self._select_in(f"SELECT key FROM {INBOUND_KEYS_TABLE} WHERE key IN", keys))
+
+    def select_existing_originators(self, originator_ids: Collection[UUID]) -> set[UUID]:
+        """The given aggregate ids that have at least one stored event."""
+        found = self._select_in(
+            f"SELECT originator_id FROM {self.events_table_name}"
+            " WHERE originator_version = 1 AND originator_id IN",
+            [originator_id.hex for originator_id in originator_ids],
+        )
+        return {UUID(hex_id) for hex_id in found}
+
+    def _select_in(self, query: str, values: Collection[str]) -> list[str]:
+        """`query (?, ?, ...)` over `values` in chunks; the first column of every row."""
+        found: list[str] = []
+        ordered = list(values)
         with self.datastore.transaction(commit=False) as c:
-            for start in range(0, len(ordered), chunk_max):
-                chunk = ordered[start : start + chunk_max]
-                marks = ",".join("?" * len(chunk))
-                c.execute(f"SELECT key FROM {INBOUND_KEYS_TABLE} WHERE key IN ({marks})", chunk)
-                found.update(row[0] for row in c.fetchall())
+            for start in range(0, len(ordered), _SQLITE_CHUNK_MAX):
+                chunk = ordered[start : start + _SQLITE_CHUNK_MAX]
+                c.execute(f"{query} ({','.join('?' * len(chunk))})", chunk)
+                found.extend(row[0] for row in c.fetchall())
         return found
 
 
@@ -95,6 +114,14 @@ class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder)
         )
         self._select_keys_statement = SQL("SELECT key FROM {0} WHERE key = ANY(%b::text[])").format(
             table
+        )
+        self._select_originators_statement = SQL(
+            "SELECT originator_id FROM {schema}.{table}"
+            " WHERE originator_version = 1 AND originator_id = ANY(%b::{id_type}[])"
+        ).format(
+            schema=Identifier(self.datastore.schema),
+            table=Identifier(self.events_table_name),
+            id_type=Identifier(self.datastore.originator_id_type),
         )
         # Four plain arrays rather than one array of the library's composite type: psycopg dumps
         # composites in pure Python, these arrays' elements in C.
@@ -137,6 +164,19 @@ class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder)
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self._select_keys_statement, (list(keys),))
             return {row["key"] for row in curs.fetchall()}
+
+    def select_existing_originators(self, originator_ids: Collection[UUID]) -> set[UUID]:
+        """The given aggregate ids that have at least one stored event."""
+        text_ids = self.datastore.originator_id_type == "text"
+        values = [str(i) if text_ids else i for i in originator_ids]
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_originators_statement, (values,))
+            return {
+                row["originator_id"]
+                if isinstance(row["originator_id"], UUID)
+                else UUID(str(row["originator_id"]))
+                for row in curs.fetchall()
+            }
 
 
 class LedgerSQLiteFactory(SQLiteFactory):
