@@ -79,7 +79,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class IngestConsumer:
-    """Consumes payment facts and hands each partition batch to the ingest service."""
+    """Consumes payment facts and hands each partition batch to the ingest service.
+
+    With a `group_id` it joins that consumer group and takes the partitions the group gives it;
+    without one it assigns itself `partitions` (every partition of the topic when None).
+    """
 
     def __init__(
         self,
@@ -91,6 +95,7 @@ class IngestConsumer:
         stop: threading.Event,
         topic: str = PAYMENTS_INBOUND,
         dlq_topic: str = PAYMENTS_INBOUND_DLQ,
+        partitions: Sequence[int] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.service = service
@@ -99,6 +104,7 @@ class IngestConsumer:
         self.stop = stop
         self.topic = topic
         self.dlq_topic = dlq_topic
+        self.static_partitions = None if partitions is None else sorted(partitions)
         self.watcher = TopicWatcher(bootstrap)
         self.topic_id = ""
         self.partitions: dict[int, PartitionState] = {}
@@ -113,7 +119,9 @@ class IngestConsumer:
         self.consumer = consumer
         self.topic_id = self._current_topic_id()
         if self.group_id is None:
-            partitions = sorted(consumer.partitions_for_topic(self.topic) or ())
+            partitions = self.static_partitions
+            if partitions is None:
+                partitions = sorted(consumer.partitions_for_topic(self.topic) or ())
             assigned = [TopicPartition(self.topic, p) for p in partitions]
             consumer.assign(assigned)
             self.assign(assigned)

@@ -417,6 +417,14 @@ def bench(
     only: Annotated[
         str | None, typer.Option("--only", help="Comma-separated: ingest,latency,rebuild,load.")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Ingest (and baseline) processes, each reading its share of the partitions;"
+            " default LEDGER_INGEST_WORKERS.",
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Measure this deployment (temporary databases and topics) against same-run baselines."""
@@ -425,7 +433,14 @@ def bench(
     settings = settings_and_logging()
     try:
         phases = parse_phases(only)
-        document = run_bench(settings, events=events, accounts=accounts, phases=phases, err=stderr)
+        document = run_bench(
+            settings,
+            events=events,
+            accounts=accounts,
+            phases=phases,
+            workers=settings.ingest_workers if workers is None else workers,
+            err=stderr,
+        )
     except BenchRefused as error:
         raise Refused(str(error)) from error
     print_report(document, json_output=json_output, out=stdout)

@@ -81,3 +81,39 @@ def test_bench_refuses_an_unknown_phase(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["bench", "--only", "nonsense"])
     assert result.exit_code != 0
+
+
+def test_bench_ingest_with_two_workers(
+    database_url: str,
+    broker: EmbeddedBroker,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Ledger and baseline each run as two processes sharing the partitions."""
+    monkeypatch.setenv("LEDGER_DATABASE_URL", database_url)
+    monkeypatch.setenv("LEDGER_KAFKA_BOOTSTRAP", broker.bootstrap)
+    monkeypatch.setenv("LEDGER_LOG_LEVEL", "warning")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--events",
+            "1000",
+            "--accounts",
+            "50",
+            "--only",
+            "ingest",
+            "--workers",
+            "2",
+            "--json",
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    document = orjson.loads(result.stdout)
+    ingest = document["ingest"]
+    assert ingest["workers"] == 2
+    assert ingest["messages"] == 1000
+    assert _positive(ingest["ratio"])
+    assert document["latency"] is None and document["rebuild"] is None

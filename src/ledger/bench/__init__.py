@@ -50,6 +50,7 @@ def run_bench(
     events: int = 100_000,
     accounts: int = 1_000,
     phases: Sequence[str] = PHASES,
+    workers: int = 1,
     err: Console | None = None,
 ) -> dict[str, Any]:
     """Run the chosen phases and return the result document."""
@@ -57,6 +58,8 @@ def run_bench(
         raise BenchRefused("--events must be at least 100")
     if accounts < 1:
         raise BenchRefused("--accounts must be at least 1")
+    if workers < 1:
+        raise BenchRefused("--workers must be at least 1")
     check_crc32c()
     console = err or Console(stderr=True)
     document: dict[str, Any] = {
@@ -91,7 +94,7 @@ def run_bench(
             document["broker"] = scratch.broker_kind
         store_url: str | None = None
         if "ingest" in phases:
-            run = measure_ingest(scratch, workload, progress)
+            run = measure_ingest(scratch, workload, progress, workers=workers)
             document["ingest"] = run.result
             document["memory"] = run.memory
             store_url = run.database_url

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +40,7 @@ class IngestRun:
 
 
 def _drive(
-    worker: Worker,
+    workers: Sequence[Worker],
     positions: Callable[[], dict[int, int]],
     ends: dict[int, int],
     *,
@@ -50,7 +50,7 @@ def _drive(
 ) -> float:
     """Wait until every partition's stored position reaches its end; return the seconds taken."""
     total = sum(ends.values())
-    started = worker.wait_ready()
+    started = max(worker.wait_ready() for worker in workers)
     deadline = started + TIMEOUT_FLOOR_S + TIMEOUT_PER_EVENT_S * total
     next_sample = started
     while True:
@@ -67,14 +67,47 @@ def _drive(
             sampler.sample(done / total if total else 1.0)
             next_sample = now + MEMORY_INTERVAL_S
         progress(label, done, total)
-        worker.check()
+        for worker in workers:
+            worker.check()
         if now > deadline:
             raise TimeoutError(f"{label}: {done} of {total} messages after {now - started:.0f} s")
         time.sleep(POLL_INTERVAL_S)
 
 
-def measure_ingest(scratch: Scratch, workload: Workload, progress: Progress) -> IngestRun:
-    """Publish the workload to a fresh topic, then time the baseline and the ledger reading it."""
+def split_partitions(partitions: Sequence[int], workers: int) -> list[list[int]]:
+    """The partitions each of `workers` processes reads (round robin; none left empty)."""
+    count = max(1, min(workers, len(partitions)))
+    ordered = sorted(partitions)
+    return [ordered[n::count] for n in range(count)]
+
+
+def _start(
+    name: str, config: dict[str, Any], shares: list[list[int]], scratch: Scratch
+) -> list[Worker]:
+    started: list[Worker] = []
+    try:
+        for n, share in enumerate(shares, start=1):
+            started.append(
+                bench_worker(f"{name}-{n}", {**config, "partitions": share}, scratch.directory)
+            )
+    except BaseException:
+        _stop(started)
+        raise
+    return started
+
+
+def _stop(workers: Sequence[Worker]) -> None:
+    for worker in workers:
+        worker.stop()
+
+
+def measure_ingest(
+    scratch: Scratch, workload: Workload, progress: Progress, *, workers: int = 1
+) -> IngestRun:
+    """Publish the workload to a fresh topic, then time the baseline and the ledger reading it.
+
+    Both run as `workers` processes, each reading its share of the partitions.
+    """
     topic, dlq_topic = scratch.topics("ingest")
     total = len(workload.lines)
     ends = publish(
@@ -83,7 +116,8 @@ def measure_ingest(scratch: Scratch, workload: Workload, progress: Progress) -> 
         workload.lines,
         progress=lambda done: progress("publishing", done, total),
     )
-    baseline_s = _run_baseline(scratch, topic, ends, progress)
+    shares = split_partitions(list(ends), workers)
+    baseline_s = _run_baseline(scratch, topic, ends, shares, progress)
     ingest_url = scratch.database_url("ingest")
     target = parse_database_url(ingest_url)
     prepare_schema(target, BALANCES_DDL)
@@ -104,14 +138,14 @@ def measure_ingest(scratch: Scratch, workload: Workload, progress: Progress) -> 
         "dlq_topic": dlq_topic,
         "policy": str(scratch.settings.policy) if scratch.settings.policy else None,
     }
-    worker = bench_worker("ingest", config, scratch.directory)
+    started = _start("ingest", config, shares, scratch)
     try:
-        sampler = MemorySampler([worker.pid])
+        sampler = MemorySampler([worker.pid for worker in started])
         ingest_s = _drive(
-            worker, positions, ends, label="ingest", progress=progress, sampler=sampler
+            started, positions, ends, label="ingest", progress=progress, sampler=sampler
         )
     finally:
-        worker.stop()
+        _stop(started)
         store.close()
     ingest_per_s = total / ingest_s
     baseline_per_s = total / baseline_s
@@ -122,11 +156,18 @@ def measure_ingest(scratch: Scratch, workload: Workload, progress: Progress) -> 
         "seconds": round(ingest_s, 3),
         "baseline_seconds": round(baseline_s, 3),
         "messages": total,
+        "workers": len(shares),
     }
     return IngestRun(result=result, memory=sampler.report(), database_url=ingest_url)
 
 
-def _run_baseline(scratch: Scratch, topic: str, ends: dict[int, int], progress: Progress) -> float:
+def _run_baseline(
+    scratch: Scratch,
+    topic: str,
+    ends: dict[int, int],
+    shares: list[list[int]],
+    progress: Progress,
+) -> float:
     url = scratch.database_url("baseline")
     database = Database(parse_database_url(url))
     try:
@@ -146,10 +187,10 @@ def _run_baseline(scratch: Scratch, topic: str, ends: dict[int, int], progress: 
             "bootstrap": scratch.bootstrap,
             "topic": topic,
         }
-        worker = bench_worker("baseline", config, scratch.directory)
+        started = _start("baseline", config, shares, scratch)
         try:
-            return _drive(worker, positions, ends, label="baseline", progress=progress)
+            return _drive(started, positions, ends, label="baseline", progress=progress)
         finally:
-            worker.stop()
+            _stop(started)
     finally:
         database.close()

@@ -51,8 +51,9 @@ def table(document: dict[str, Any]) -> Table:
         result.add_column(column, justify="left" if column == "measure" else "right")
     ingest = document.get("ingest")
     if ingest:
+        processes = ingest["workers"]
         result.add_row(
-            "ingest (events/s)",
+            f"ingest (events/s, {processes} process{'es' if processes > 1 else ''})",
             _number(ingest["events_per_s"]),
             _number(ingest["baseline_per_s"]),
             f"{ingest['ratio']:.2f} (target >= 0.50)",

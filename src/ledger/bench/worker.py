@@ -78,6 +78,7 @@ def run_ingest(config: dict[str, Any], stop: threading.Event) -> None:
         stop=stop,
         topic=config["topic"],
         dlq_topic=config["dlq_topic"],
+        partitions=config.get("partitions"),
     )
     tune_gc_for_throughput()
     try:
@@ -104,7 +105,8 @@ def run_baseline(config: dict[str, Any], stop: threading.Event) -> None:
         " ON CONFLICT (name) DO UPDATE SET position = excluded.position"
     )
     try:
-        assigned = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        partitions = config.get("partitions") or consumer.partitions_for_topic(topic)
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
         positions: dict[int, int] = {}
         with database.read() as cursor:
