@@ -183,7 +183,7 @@ def trial_balance(database_url: str) -> dict[str, Any]:
 
 
 def read_topic(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of a topic, from its start (assign + seek, no group)."""
+    """Every record of a topic, from its start (assign + seek, no group); none if it is absent."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -192,6 +192,8 @@ def read_topic(bootstrap: str, topic: str) -> list[Any]:
     )
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            return []  # the topic does not exist (yet): nothing to read
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         return list(consumer)
