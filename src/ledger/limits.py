@@ -45,6 +45,10 @@ query_wait_timeout_s = 30.0
 """Default bound on `--wait` for a query to see the latest position."""
 history_page_max = 100_000
 """Most events one `ledger history` call returns."""
+sqlite_busy_timeout_s = 5.0
+"""Longest one SQLite statement waits for another process's write lock. A longer wait fails the
+batch, which the worker's back-off loop retries (and which checks for a stop request between
+tries), so a worker never sits in a lock wait that outlasts its shutdown grace."""
 
 # Processes.
 shutdown_grace_s = 8.0
@@ -66,6 +70,8 @@ producer_delivery_timeout_ms = 30_000
 """How long a queued record may wait for its acknowledgement before it fails."""
 producer_flush_timeout_s = 40.0
 """Longest one flush waits for a batch's acknowledgements before the producer is rebuilt."""
+producer_flush_slice_s = 0.25
+"""A flush waits in slices of this length, checking for a stop request between them."""
 producer_close_timeout_s = 1.0
 """How long closing a broken producer may wait for its in-flight requests."""
 producer_request_bytes_max = 1024 * 1024

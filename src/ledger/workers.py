@@ -20,7 +20,7 @@ from ledger.clock import SystemClock
 from ledger.gc_tuning import tune_gc_for_throughput
 from ledger.ingest import IngestService
 from ledger.kafka.broker import resolve_bootstrap
-from ledger.kafka.clients import ResilientProducer, check_crc32c
+from ledger.kafka.clients import ProducerStopped, ResilientProducer, check_crc32c
 from ledger.logging import configure_logging
 from ledger.outbox import OutboxRelay
 from ledger.policy_file import load_policy
@@ -103,7 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     stop = threading.Event()
     install_stop_handlers(stop)
-    run_worker(args[0], settings, stop)
+    try:
+        run_worker(args[0], settings, stop)
+    except ProducerStopped as stopped:
+        if not stop.is_set():
+            raise
+        # A clean stop: the batch in hand was not committed and is redone after the restart.
+        log.info("worker stopped with a batch undelivered", reason=str(stopped))
     return 0
 
 

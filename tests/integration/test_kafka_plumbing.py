@@ -180,6 +180,45 @@ def test_resilient_producer_backoff_is_interruptible() -> None:
     assert time.monotonic() - started < 5.0
 
 
+def test_resilient_producer_flush_stops_while_waiting_for_acks(
+    fresh_broker: EmbeddedBroker,
+) -> None:
+    """A broker that stops answering must not hold a stopping worker in flush()."""
+    name = unique_topic("frozen")
+    ensure_topics(fresh_broker.bootstrap, 1, [name])
+    stop = threading.Event()
+    producer = ResilientProducer(fresh_broker.bootstrap, stop=stop)
+    assert fresh_broker.pid is not None
+    try:
+        producer.send(name, key=b"k", value=b"first", headers=[])
+        producer.flush()
+        os.kill(fresh_broker.pid, signal.SIGSTOP)  # alive, connected, answering nothing
+        producer.send(name, key=b"k", value=b"second", headers=[])
+        outcome: list[BaseException | None] = []
+
+        def flush() -> None:
+            try:
+                producer.flush()
+                outcome.append(None)
+            except BaseException as error:  # handed to the test thread
+                outcome.append(error)
+
+        flusher = threading.Thread(target=flush)
+        flusher.start()
+        time.sleep(0.5)
+        assert flusher.is_alive(), "flush returned although the broker answers nothing"
+        asked = time.monotonic()
+        stop.set()
+        flusher.join(timeout=5)
+        assert not flusher.is_alive(), "flush ignored the stop request"
+        assert time.monotonic() - asked < 2 * limits.producer_flush_slice_s + 1.0
+        assert len(outcome) == 1 and isinstance(outcome[0], ProducerStopped)
+        assert producer.pending == 1  # nothing is claimed delivered
+    finally:
+        os.kill(fresh_broker.pid, signal.SIGCONT)
+        producer.close()
+
+
 def test_resolve_bootstrap(broker: EmbeddedBroker) -> None:
     assert resolve_bootstrap("kafka-1:9092,kafka-2:9092", 1) == "kafka-1:9092,kafka-2:9092"
     assert resolve_bootstrap(None, broker.port) == f"127.0.0.1:{broker.port}"

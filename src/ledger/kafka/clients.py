@@ -9,6 +9,7 @@ and re-sends the whole unacknowledged batch.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +84,11 @@ class ProducerFailed(Exception):
 
 
 class ProducerStopped(Exception):
-    """The stop event was set while the producer waited to retry; the batch is not delivered."""
+    """The stop event was set while a flush waited (to retry, or for acknowledgements).
+
+    The batch is not known to be delivered; the caller commits nothing for it, so it is sent
+    again after the restart.
+    """
 
 
 @dataclass
@@ -203,9 +208,8 @@ class ResilientProducer:
             return self._broken
         producer = self._producer
         assert producer is not None
-        try:
-            producer.flush(timeout=limits.producer_flush_timeout_s)
-        except kafka_errors.KafkaError as error:
+        error = self._flush_in_slices(producer)
+        if error is not None:
             return error
         for message in self._pending:
             try:
@@ -213,6 +217,25 @@ class ResilientProducer:
             except kafka_errors.KafkaError as error:
                 return error
         return None
+
+    def _flush_in_slices(self, producer: KafkaProducer) -> kafka_errors.KafkaError | None:
+        """Flush, waiting in short slices so that a stop request ends the wait (ProducerStopped)."""
+        deadline = time.monotonic() + limits.producer_flush_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                producer.flush(timeout=max(0.0, min(limits.producer_flush_slice_s, remaining)))
+                return None
+            except kafka_errors.KafkaTimeoutError as error:
+                if self._stop.is_set():
+                    raise ProducerStopped(
+                        f"stopped while waiting for acknowledgements; {len(self._pending)}"
+                        " messages are not known to be delivered"
+                    ) from error
+                if remaining <= 0:
+                    return error
+            except kafka_errors.KafkaError as error:
+                return error
 
     def _rebuild(self, error: kafka_errors.KafkaError, attempt: int) -> None:
         """Close the failed producer, wait the back-off (interruptibly), mark all for re-send."""

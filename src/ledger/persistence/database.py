@@ -12,13 +12,18 @@ from typing import Any, Literal, Protocol
 
 import psycopg
 
+from ledger import limits
 from ledger.persistence.urls import DatabaseTarget
-
-SQLITE_BUSY_TIMEOUT_S = 30.0
 
 
 class DatabaseUnavailable(Exception):
-    """The database could not be reached or refused the connection."""
+    """The database could not be reached, refused the connection or stayed locked too long."""
+
+
+def _sqlite_busy(error: sqlite3.OperationalError) -> bool:
+    """Whether SQLite gave up waiting for another connection's lock (worth retrying later)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 class Cursor(Protocol):
@@ -76,7 +81,7 @@ class Database:
             connection = sqlite3.connect(
                 self.target.sqlite_path,
                 isolation_level=None,
-                timeout=SQLITE_BUSY_TIMEOUT_S,
+                timeout=limits.sqlite_busy_timeout_s,
                 check_same_thread=False,
             )
             connection.execute("PRAGMA journal_mode=WAL")
@@ -102,13 +107,19 @@ class Database:
         if self.kind == "sqlite":
             connection = self._connect_sqlite()
             cursor = connection.cursor()
-            cursor.execute("BEGIN IMMEDIATE")
             try:
-                yield _SQLiteCursor(cursor)
-            except BaseException:
-                connection.rollback()
-                raise
-            connection.commit()
+                cursor.execute("BEGIN IMMEDIATE")
+                try:
+                    yield _SQLiteCursor(cursor)
+                    connection.commit()
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.rollback()
+                    raise
+            except sqlite3.OperationalError as error:
+                if not _sqlite_busy(error):
+                    raise
+                raise DatabaseUnavailable(f"{self.target.describe()}: {error}") from error
             return
         postgres = self._connect_postgres()
         try:
@@ -124,11 +135,16 @@ class Database:
         if self.kind == "sqlite":
             connection = self._connect_sqlite()
             cursor = connection.cursor()
-            cursor.execute("BEGIN")
             try:
-                yield _SQLiteCursor(cursor)
-            finally:
-                connection.rollback()
+                cursor.execute("BEGIN")
+                try:
+                    yield _SQLiteCursor(cursor)
+                finally:
+                    connection.rollback()
+            except sqlite3.OperationalError as error:
+                if not _sqlite_busy(error):
+                    raise
+                raise DatabaseUnavailable(f"{self.target.describe()}: {error}") from error
             return
         postgres = self._connect_postgres()
         try:

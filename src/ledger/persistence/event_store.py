@@ -8,6 +8,7 @@ from uuid import UUID
 from eventsourcing.application import Application
 from eventsourcing.persistence import Mapper, ProcessRecorder
 
+from ledger import limits
 from ledger.persistence.mapper import OrjsonMapper
 from ledger.persistence.recorders import InboundKeyRecorder
 from ledger.persistence.urls import DatabaseTarget
@@ -30,7 +31,7 @@ def event_store_env(target: DatabaseTarget, *, create_table: bool) -> dict[str, 
             **common,
             "PERSISTENCE_MODULE": "ledger.persistence.recorders:LedgerSQLiteFactory",
             "SQLITE_DBNAME": str(target.sqlite_path),
-            "SQLITE_LOCK_TIMEOUT": "30",
+            "SQLITE_LOCK_TIMEOUT": str(int(limits.sqlite_busy_timeout_s)),
         }
     return {
         **common,
