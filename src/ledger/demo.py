@@ -11,11 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from rich.console import Console
 from rich.table import Table
 
-from ledger.kafka.topics import LEDGER_NOTIFICATIONS, PAYMENTS_INBOUND, PAYMENTS_INBOUND_DLQ
+from ledger.kafka.topics import (
+    LEDGER_NOTIFICATIONS,
+    PAYMENTS_INBOUND,
+    PAYMENTS_INBOUND_DLQ,
+    read_topic,
+)
 from ledger.runner import Supervisor
 from ledger.settings import Settings
 from ledger.storage import open_storage
@@ -89,23 +94,11 @@ def scenario(suffix: str) -> list[tuple[str, bytes]]:
 
 
 def _tail(bootstrap: str, topic: str, match: str) -> list[Any]:
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        consumer_timeout_ms=1500,
-        fetch_max_wait_ms=50,
-    )
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        return [
-            record
-            for record in consumer
-            if match.encode() in (record.value or b"") or match.encode() in (record.key or b"")
-        ]
-    finally:
-        consumer.close()
+    return [
+        record
+        for record in read_topic(bootstrap, topic)
+        if match.encode() in (record.value or b"") or match.encode() in (record.key or b"")
+    ]
 
 
 def run_demo(settings: Settings, *, json_output: bool, out: Console, err: Console) -> None:

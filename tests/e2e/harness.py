@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
+from ledger.kafka import topics
 from ledger.persistence.database import Database
 from ledger.persistence.urls import parse_database_url
 from projections import queries
@@ -183,19 +184,5 @@ def trial_balance(database_url: str) -> dict[str, Any]:
 
 
 def read_topic(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of a topic, from its start (assign + seek, no group); none if it is absent."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        consumer_timeout_ms=2000,
-        fetch_max_wait_ms=50,
-    )
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not partitions:
-            return []  # the topic does not exist (yet): nothing to read
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        return list(consumer)
-    finally:
-        consumer.close()
+    """Every record of a topic, from its start; none if it is absent."""
+    return topics.read_topic(bootstrap, topic, idle_ms=2000)

@@ -24,7 +24,7 @@ from typing import Any
 
 import kafka.errors as kafka_errors
 import structlog
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from ledger import limits
 
@@ -203,3 +203,24 @@ class TopicWatcher:
                 admin.close()
             except Exception as error:  # closing must never mask the caller's error
                 log.debug("closing admin client failed", error=repr(error))
+
+
+def read_topic(bootstrap: str, topic: str, *, idle_ms: int = 1500) -> list[Any]:
+    """Every record of a topic from its start (assign + seek, no group), until `idle_ms` pass
+    with nothing new; none if the topic does not exist (yet). For the demo and tests, not for
+    the ledger's own consumers."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        consumer_timeout_ms=idle_ms,
+        fetch_max_wait_ms=50,
+    )
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        return list(consumer)
+    finally:
+        consumer.close()
