@@ -20,7 +20,7 @@ from eventsourcing.persistence import PersistenceError, Tracking
 
 from ledger import limits
 from ledger.clock import Clock
-from ledger.domain.account import Account, account_uuid
+from ledger.domain.account import Account, FactOrigin, account_uuid
 from ledger.domain.errors import DomainRuleError, UnknownAccountError
 from ledger.domain.money import CurrencyError, Money, MoneyError
 from ledger.domain.policy import Policy
@@ -195,6 +195,7 @@ class IngestService:
 
     def _apply(self, fact: InboundEvent, unopened: set[str]) -> Account:
         now = self.clock.now()
+        origin = FactOrigin(fact.processor, fact.event_id, fact.occurred_at)
         if isinstance(fact, AccountOpenedIn):
             if fact.account_id in unopened:
                 unopened.discard(fact.account_id)  # a second opening in the batch is refused
@@ -206,9 +207,7 @@ class IngestService:
                 kind=fact.kind,
                 jurisdiction=fact.jurisdiction,
                 currency=fact.currency,
-                source=fact.processor,
-                source_event_id=fact.event_id,
-                reported_at=fact.occurred_at,
+                origin=origin,
                 now=now,
             )
             self._remember(account)
@@ -224,9 +223,7 @@ class IngestService:
                 invoice_id=fact.invoice_id,
                 amount=Money(fact.amount.value, fact.amount.currency),
                 due_date=fact.due_date,
-                source=fact.processor,
-                source_event_id=fact.event_id,
-                reported_at=fact.occurred_at,
+                origin=origin,
                 now=now,
             )
         else:
@@ -235,9 +232,7 @@ class IngestService:
                 amount=Money(fact.amount.value, fact.amount.currency),
                 method=fact.method,
                 invoice_id=fact.invoice_id,
-                source=fact.processor,
-                source_event_id=fact.event_id,
-                reported_at=fact.occurred_at,
+                origin=origin,
                 now=now,
                 policy=self.policy,
             )

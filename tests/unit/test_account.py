@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from ledger.domain.account import Account, account_uuid
+from ledger.domain.account import Account, FactOrigin, account_uuid
 from ledger.domain.errors import DomainRuleError
 from ledger.domain.money import Money
 from ledger.domain.policy import Policy
@@ -23,9 +23,7 @@ def open_account(currency: str = "USD") -> Account:
         kind="monthly",
         jurisdiction="US-CA",
         currency=currency,
-        source="acme",
-        source_event_id="e1",
-        reported_at=NOW,
+        origin=FactOrigin("acme", "e1", NOW),
         now=NOW,
     )
 
@@ -35,9 +33,7 @@ def bill(account: Account, amount_minor: int, currency: str = "USD") -> None:
         invoice_id="inv-1",
         amount=Money(amount_minor, currency),
         due_date=date(2026, 12, 1),
-        source="acme",
-        source_event_id="e2",
-        reported_at=NOW,
+        origin=FactOrigin("acme", "e2", NOW),
         now=NOW,
     )
 
@@ -48,9 +44,7 @@ def pay(account: Account, amount_minor: int, currency: str = "USD") -> None:
         amount=Money(amount_minor, currency),
         method="card",
         invoice_id=None,
-        source="acme",
-        source_event_id="e3",
-        reported_at=NOW,
+        origin=FactOrigin("acme", "e3", NOW),
         now=NOW,
         policy=POLICY,
     )
@@ -124,9 +118,7 @@ def test_unknown_kind_is_refused() -> None:
             kind="weekly",
             jurisdiction="US-CA",
             currency="USD",
-            source="s",
-            source_event_id="e",
-            reported_at=NOW,
+            origin=FactOrigin("s", "e", NOW),
             now=NOW,
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -24,6 +25,27 @@ from ledger.domain.postings import (
 ACCOUNT_NAMESPACE = uuid.UUID("6f1c1f5e-8f0a-4a55-9d3c-2b8f5c1d7a10")
 
 ACCOUNT_KINDS = ("utility", "monthly", "retail")
+
+
+@dataclass(frozen=True, slots=True)
+class FactOrigin:
+    """Where a processor's fact comes from: the processor, its event id, when it says it happened.
+
+    Every event that records a processor's fact carries these as `source`, `source_event_id` and
+    `reported_at` (an ISO 8601 string).
+    """
+
+    source: str
+    source_event_id: str
+    reported_at: datetime
+
+    def event_fields(self) -> dict[str, str]:
+        """The fields an event records about its origin."""
+        return {
+            "source": self.source,
+            "source_event_id": self.source_event_id,
+            "reported_at": self.reported_at.isoformat(),
+        }
 
 
 def account_uuid(account_id: str) -> uuid.UUID:
@@ -120,9 +142,7 @@ class Account(Aggregate):
         kind: str,
         jurisdiction: str,
         currency: str,
-        source: str,
-        source_event_id: str,
-        reported_at: datetime,
+        origin: FactOrigin,
         now: datetime,
     ) -> Account:
         """Open a customer account."""
@@ -138,9 +158,7 @@ class Account(Aggregate):
             kind=kind,
             jurisdiction=jurisdiction,
             currency=currency,
-            source=source,
-            source_event_id=source_event_id,
-            reported_at=reported_at.isoformat(),
+            **origin.event_fields(),
         )
 
     def balance(self, ledger_account: LedgerAccount) -> Money:
@@ -154,9 +172,7 @@ class Account(Aggregate):
         invoice_id: str,
         amount: Money,
         due_date: date,
-        source: str,
-        source_event_id: str,
-        reported_at: datetime,
+        origin: FactOrigin,
         now: datetime,
     ) -> None:
         """Bill the customer."""
@@ -170,9 +186,7 @@ class Account(Aggregate):
         self._record_money_fact(
             self.InvoiceIssued,
             amount=amount,
-            source=source,
-            source_event_id=source_event_id,
-            reported_at=reported_at,
+            origin=origin,
             now=now,
             postings=postings,
             invoice_id=invoice_id,
@@ -186,9 +200,7 @@ class Account(Aggregate):
         amount: Money,
         method: str,
         invoice_id: str | None,
-        source: str,
-        source_event_id: str,
-        reported_at: datetime,
+        origin: FactOrigin,
         now: datetime,
         policy: Policy,
     ) -> None:
@@ -212,9 +224,7 @@ class Account(Aggregate):
         self._record_money_fact(
             self.PaymentReceived,
             amount=amount,
-            source=source,
-            source_event_id=source_event_id,
-            reported_at=reported_at,
+            origin=origin,
             now=now,
             postings=tuple(postings),
             payment_id=payment_id,
@@ -239,9 +249,7 @@ class Account(Aggregate):
         event_class: type[MoneyFact],
         *,
         amount: Money,
-        source: str,
-        source_event_id: str,
-        reported_at: datetime,
+        origin: FactOrigin,
         now: datetime,
         postings: tuple[Posting, ...],
         **own_fields: Any,
@@ -250,9 +258,7 @@ class Account(Aggregate):
             event_class,
             timestamp=now,
             account_id=self.account_id,
-            source=source,
-            source_event_id=source_event_id,
-            reported_at=reported_at.isoformat(),
+            **origin.event_fields(),
             amount_minor=amount.amount_minor,
             currency=amount.currency,
             postings=postings,
