@@ -36,17 +36,24 @@ def _bench_databases(database_url: str) -> list[str]:
     return [str(row[0]) for row in rows]
 
 
-def test_bench_json_document(
+@pytest.fixture
+def bench_env(
     database_url: str,
     broker: EmbeddedBroker,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
-) -> None:
+) -> str:
+    """The environment `ledger bench` runs in: this test's database kind, the shared broker."""
     monkeypatch.setenv("LEDGER_DATABASE_URL", database_url)
     monkeypatch.setenv("LEDGER_KAFKA_BOOTSTRAP", broker.bootstrap)
     monkeypatch.setenv("LEDGER_LOG_FORMAT", "json")
     monkeypatch.setenv("LEDGER_LOG_LEVEL", "warning")
     monkeypatch.chdir(tmp_path)
+    return database_url
+
+
+def test_bench_json_document(bench_env: str) -> None:
+    database_url = bench_env
     before = _bench_databases(database_url) if database_url.startswith("postgresql") else []
 
     result = CliRunner().invoke(
@@ -83,17 +90,8 @@ def test_bench_refuses_an_unknown_phase(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert result.exit_code != 0
 
 
-def test_bench_ingest_with_two_workers(
-    database_url: str,
-    broker: EmbeddedBroker,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> None:
+def test_bench_ingest_with_two_workers(bench_env: str) -> None:
     """Ledger and baseline each run as two processes sharing the partitions."""
-    monkeypatch.setenv("LEDGER_DATABASE_URL", database_url)
-    monkeypatch.setenv("LEDGER_KAFKA_BOOTSTRAP", broker.bootstrap)
-    monkeypatch.setenv("LEDGER_LOG_LEVEL", "warning")
-    monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(
         app,
         [

@@ -102,12 +102,25 @@ class Database:
         return self._postgres
 
     @contextmanager
+    def _outages(self) -> Iterator[None]:
+        """A lost PostgreSQL connection or a SQLite lock held too long: DatabaseUnavailable."""
+        try:
+            yield
+        except sqlite3.OperationalError as error:
+            if not _sqlite_busy(error):
+                raise
+            raise DatabaseUnavailable(f"{self.target.describe()}: {error}") from error
+        except psycopg.OperationalError as error:
+            self._drop_postgres()
+            raise DatabaseUnavailable(f"{self.target.describe()}: {error}") from error
+
+    @contextmanager
     def transaction(self) -> Iterator[Cursor]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
-        if self.kind == "sqlite":
-            connection = self._connect_sqlite()
-            cursor = connection.cursor()
-            try:
+        with self._outages():
+            if self.kind == "sqlite":
+                connection = self._connect_sqlite()
+                cursor = connection.cursor()
                 cursor.execute("BEGIN IMMEDIATE")
                 try:
                     yield _SQLiteCursor(cursor)
@@ -116,44 +129,28 @@ class Database:
                     if connection.in_transaction:
                         connection.rollback()
                     raise
-            except sqlite3.OperationalError as error:
-                if not _sqlite_busy(error):
-                    raise
-                raise DatabaseUnavailable(f"{self.target.describe()}: {error}") from error
-            return
-        postgres = self._connect_postgres()
-        try:
-            with postgres.transaction(), postgres.cursor() as pg_cursor:
-                yield pg_cursor
-        except psycopg.OperationalError as error:
-            self._drop_postgres()
-            raise DatabaseUnavailable(f"{self.target.describe()}: {error}") from error
+            else:
+                postgres = self._connect_postgres()
+                with postgres.transaction(), postgres.cursor() as pg_cursor:
+                    yield pg_cursor
 
     @contextmanager
     def read(self) -> Iterator[Cursor]:
         """A read-only snapshot (one transaction) for consistent queries."""
-        if self.kind == "sqlite":
-            connection = self._connect_sqlite()
-            cursor = connection.cursor()
-            try:
+        with self._outages():
+            if self.kind == "sqlite":
+                connection = self._connect_sqlite()
+                cursor = connection.cursor()
                 cursor.execute("BEGIN")
                 try:
                     yield _SQLiteCursor(cursor)
                 finally:
                     connection.rollback()
-            except sqlite3.OperationalError as error:
-                if not _sqlite_busy(error):
-                    raise
-                raise DatabaseUnavailable(f"{self.target.describe()}: {error}") from error
-            return
-        postgres = self._connect_postgres()
-        try:
-            with postgres.transaction(), postgres.cursor() as pg_cursor:
-                pg_cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                yield pg_cursor
-        except psycopg.OperationalError as error:
-            self._drop_postgres()
-            raise DatabaseUnavailable(f"{self.target.describe()}: {error}") from error
+            else:
+                postgres = self._connect_postgres()
+                with postgres.transaction(), postgres.cursor() as pg_cursor:
+                    pg_cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    yield pg_cursor
 
     def _drop_postgres(self) -> None:
         if self._postgres is not None:
