@@ -21,7 +21,10 @@ from ledger.persistence.urls import parse_database_url
 from ledger.storage import prepare_schema
 from projections.balances import DDL as BALANCES_DDL
 
-POLL_INTERVAL_S = 0.01
+POLL_INTERVAL_S = 0.05
+"""How often the stored positions are read to see whether a run is done. Each check costs the
+database under test a query per partition, so it stays rare (about 80 queries/s for 4
+partitions); a run's end is seen within 50 ms, under 3% of the shortest run at 100,000 events."""
 MEMORY_INTERVAL_S = 0.1
 TIMEOUT_FLOOR_S = 120.0
 TIMEOUT_PER_EVENT_S = 0.002
