@@ -97,25 +97,9 @@ def measure_latency(scratch: Scratch, events: int, progress: Progress) -> dict[s
     for index in range(count):
         name = names[index % accounts]
         if (index // accounts) % 2 == 0:
-            paced.append(
-                writer.line(
-                    name,
-                    "invoice.issued",
-                    invoice_id=f"inv-{index}",
-                    amount={"value": 10_000, "currency": "USD"},
-                    due_date="2030-01-31",
-                )
-            )
+            paced.append(writer.invoice(name, f"inv-{index}", 10_000))
         else:
-            paced.append(
-                writer.line(
-                    name,
-                    "payment.received",
-                    payment_id=f"pay-{index}",
-                    amount={"value": 10_000, "currency": "USD"},
-                    method="card",
-                )
-            )
+            paced.append(writer.payment(name, f"pay-{index}", 10_000))
     config = {
         "kind": "ingest",
         "database_url": url,

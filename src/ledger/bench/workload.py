@@ -79,6 +79,29 @@ class LineWriter:
             currency="USD",
         )
 
+    def invoice(self, account_id: str, invoice_id: str, amount_minor: int) -> InboundLine:
+        """An invoice.issued line in USD."""
+        return self.line(
+            account_id,
+            "invoice.issued",
+            invoice_id=invoice_id,
+            amount={"value": amount_minor, "currency": "USD"},
+            due_date="2030-01-31",
+        )
+
+    def payment(
+        self, account_id: str, payment_id: str, amount_minor: int, invoice_id: str | None = None
+    ) -> InboundLine:
+        """A payment.received line in USD by card, naming the invoice if one is given."""
+        return self.line(
+            account_id,
+            "payment.received",
+            payment_id=payment_id,
+            amount={"value": amount_minor, "currency": "USD"},
+            method="card",
+            invoice_id=invoice_id,
+        )
+
 
 def build_workload(events: int, accounts: int, run_id: str, *, seed: int = 7) -> Workload:
     """`events` lines over at most `accounts` accounts (openings take at most half the lines)."""
@@ -94,13 +117,7 @@ def build_workload(events: int, accounts: int, run_id: str, *, seed: int = 7) ->
     bad_makers: Sequence[Callable[[], InboundLine]] = (
         lambda: InboundLine(b"broken", b'{"event_id": "broken'),
         lambda: writer.line(names[0], "payment.received", payment_id="p"),
-        lambda: writer.line(
-            f"nobody-{run_id}",
-            "payment.received",
-            payment_id="p",
-            amount={"value": 100, "currency": "USD"},
-            method="card",
-        ),
+        lambda: writer.payment(f"nobody-{run_id}", "p", 100),
     )
     while len(lines) < events:
         draw = rng.random()
@@ -116,15 +133,7 @@ def build_workload(events: int, accounts: int, run_id: str, *, seed: int = 7) ->
         if draw < DUPLICATE_SHARE + BAD_SHARE + INVOICE_SHARE or owed[name] == 0:
             amount = rng.randrange(1_000, 50_000)
             invoice_id = f"inv-{writer.sequence + 1}"
-            lines.append(
-                writer.line(
-                    name,
-                    "invoice.issued",
-                    invoice_id=invoice_id,
-                    amount={"value": amount, "currency": "USD"},
-                    due_date="2030-01-31",
-                )
-            )
+            lines.append(writer.invoice(name, invoice_id, amount))
             owed[name] += amount
             last_invoice[name] = invoice_id
             counts["invoice"] += 1
@@ -135,14 +144,7 @@ def build_workload(events: int, accounts: int, run_id: str, *, seed: int = 7) ->
         else:
             amount = rng.randrange(1, owed[name] + 1)
         lines.append(
-            writer.line(
-                name,
-                "payment.received",
-                payment_id=f"pay-{writer.sequence + 1}",
-                amount={"value": amount, "currency": "USD"},
-                method="card",
-                invoice_id=last_invoice.get(name),
-            )
+            writer.payment(name, f"pay-{writer.sequence + 1}", amount, last_invoice.get(name))
         )
         owed[name] = max(0, owed[name] - amount)
         counts["payment"] += 1
