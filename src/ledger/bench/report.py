@@ -38,6 +38,16 @@ def _number(value: Any, unit: str = "") -> str:
     return f"{value:,}{unit}"
 
 
+def _throughput_row(label: str, figures: dict[str, Any]) -> tuple[str, str, str, str]:
+    """A measured throughput beside its same-run baseline, with the ratio and its target."""
+    return (
+        label,
+        _number(figures["events_per_s"]),
+        _number(figures["baseline_per_s"]),
+        f"{figures['ratio']:.2f} (target >= 0.50)",
+    )
+
+
 def table(document: dict[str, Any]) -> Table:
     """The figures as a rich table."""
     result = Table(
@@ -52,12 +62,8 @@ def table(document: dict[str, Any]) -> Table:
     ingest = document.get("ingest")
     if ingest:
         processes = ingest["workers"]
-        result.add_row(
-            f"ingest (events/s, {processes} process{'es' if processes > 1 else ''})",
-            _number(ingest["events_per_s"]),
-            _number(ingest["baseline_per_s"]),
-            f"{ingest['ratio']:.2f} (target >= 0.50)",
-        )
+        label = f"ingest (events/s, {processes} process{'es' if processes > 1 else ''})"
+        result.add_row(*_throughput_row(label, ingest))
     latency = document.get("latency")
     if latency:
         result.add_row(
@@ -68,12 +74,7 @@ def table(document: dict[str, Any]) -> Table:
         )
     rebuild = document.get("rebuild")
     if rebuild:
-        result.add_row(
-            "rebuild (events/s)",
-            _number(rebuild["events_per_s"]),
-            _number(rebuild["baseline_per_s"]),
-            f"{rebuild['ratio']:.2f} (target >= 0.50)",
-        )
+        result.add_row(*_throughput_row("rebuild (events/s)", rebuild))
     load = document.get("load")
     if load:
         result.add_row(
