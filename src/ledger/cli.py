@@ -207,7 +207,7 @@ def projections_rebuild(
     """Drop and rebuild read models from the event store."""
     from rich.progress import Progress
 
-    from ledger.tailing import run_tail
+    from ledger.tailing import ReportingHandler, run_tail
 
     if name not in (None, balances_projection.NAME):
         raise Refused(f"unknown projection {name!r}; known: {balances_projection.NAME}")
@@ -223,17 +223,10 @@ def projections_rebuild(
         with Progress(console=stderr, transient=True) as progress:
             task = progress.add_task("rebuilding balances", total=latest)
 
-            class Tracked:
-                name = projection.name
-
-                def position(self) -> int:
-                    return projection.position()
-
-                def handle(self, notifications: Any) -> None:
-                    projection.handle(notifications)
-                    progress.update(task, completed=notifications[-1].id)
-
-            total = run_tail(storage.store, Tracked(), stop, until_caught_up=True)
+            tracked = ReportingHandler(
+                projection, lambda position: progress.update(task, completed=position)
+            )
+            total = run_tail(storage.store, tracked, stop, until_caught_up=True)
         position = projection.position()
     finally:
         storage.close()

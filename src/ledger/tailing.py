@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import structlog
@@ -32,6 +32,24 @@ class BatchHandler(Protocol):
     def handle(self, notifications: Sequence[Notification]) -> None:
         """Process a batch and record the last id as the new position."""
         ...
+
+
+class ReportingHandler:
+    """Wraps a batch handler to report the last notification id of every batch it handled."""
+
+    def __init__(self, handler: BatchHandler, report: Callable[[int], None]) -> None:
+        self.handler = handler
+        self.report = report
+        self.name = handler.name
+
+    def position(self) -> int:
+        """The wrapped handler's position."""
+        return self.handler.position()
+
+    def handle(self, notifications: Sequence[Notification]) -> None:
+        """Let the wrapped handler process the batch, then report how far it got."""
+        self.handler.handle(notifications)
+        self.report(notifications[-1].id)
 
 
 def run_tail(

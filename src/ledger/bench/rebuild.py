@@ -23,7 +23,7 @@ from ledger.persistence.positions import read_position, write_position
 from ledger.persistence.urls import DatabaseTarget, parse_database_url
 from ledger.policy_file import load_policy
 from ledger.storage import prepare_schema
-from ledger.tailing import run_tail
+from ledger.tailing import ReportingHandler, run_tail
 from projections import balances
 from projections.balances import DDL as BALANCES_DDL
 
@@ -75,18 +75,11 @@ def measure_rebuild(database_url: str, progress: Progress) -> dict[str, Any]:
         balances.clear(database)
         projection = balances.BalancesProjection(database)
 
-        class Reporting:
-            name = projection.name
-
-            def position(self) -> int:
-                return projection.position()
-
-            def handle(self, notifications: Any) -> None:
-                projection.handle(notifications)
-                progress("rebuild", notifications[-1].id, latest)
-
+        reporting = ReportingHandler(
+            projection, lambda position: progress("rebuild", position, latest)
+        )
         started = time.monotonic()
-        rebuilt = run_tail(store, Reporting(), threading.Event(), until_caught_up=True)
+        rebuilt = run_tail(store, reporting, threading.Event(), until_caught_up=True)
         rebuild_s = time.monotonic() - started
     finally:
         database.close()
