@@ -6,23 +6,14 @@ drains them), so the fixtures stop with a short grace: the broker keeps nothing 
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
 
-from ledger.kafka.broker import EmbeddedBroker
+from ledger.kafka.broker import EmbeddedBroker, free_port
 
 STOP_GRACE_S = 1.0
 """How long a fixture broker gets to exit on SIGTERM before it is killed."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import sys
 
 import orjson
 
-from tests.brokers import free_port
+from ledger.kafka.broker import free_port
 
 
 def test_demo_shows_overpayment_notification_dead_letters_and_credit() -> None:

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from ledger.kafka.broker import EmbeddedBroker
+from ledger.kafka.broker import EmbeddedBroker, free_port
 from tests.books import model_of
-from tests.brokers import free_port
 from tests.e2e.harness import key_of, publish, read_balances, trial_balance
 from tests.faults.harness import (
     Workers,

@@ -20,6 +20,7 @@ from ledger import limits
 from ledger.kafka.broker import (
     BrokerUnavailable,
     EmbeddedBroker,
+    free_port,
     is_listening,
     resolve_bootstrap,
 )
@@ -31,7 +32,6 @@ from ledger.kafka.clients import (
     make_producer,
 )
 from ledger.kafka.topics import TopicWatcher, ensure_topics, make_admin, topic_id
-from tests.brokers import free_port
 from tests.processes import gone
 
 POLL_DEADLINE_S = 10.0

@@ -8,7 +8,6 @@ and dropped afterwards. Topics get a per-run prefix and are deleted at the end.
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
 import uuid
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from urllib.parse import quote
 import psycopg
 import structlog
 
-from ledger.kafka.broker import EmbeddedBroker, is_listening
+from ledger.kafka.broker import EmbeddedBroker, free_port, is_listening
 from ledger.kafka.topics import ensure_topics, make_admin
 from ledger.persistence.urls import DatabaseTarget, parse_database_url
 from ledger.settings import Settings
@@ -27,14 +26,6 @@ from ledger.settings import Settings
 log = structlog.get_logger(__name__)
 
 BENCH_DATABASE_PREFIX = "ledger_bench_"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _postgres_url(target: DatabaseTarget, dbname: str) -> str:

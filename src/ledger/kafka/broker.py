@@ -82,6 +82,14 @@ def broker_binary() -> str:
     return path
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def is_listening(host: str, port: int, timeout_s: float = 0.5) -> bool:
     """Whether something accepts a TCP connection on host:port."""
     try:
