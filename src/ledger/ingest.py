@@ -2,8 +2,16 @@
 
 One batch is one Kafka partition's records from one poll. The service parses, de-duplicates by
 (processor, event_id), applies each fact to its account aggregate (kept in memory, capped) and
-returns the new events and dead letters; `commit` writes the events, the idempotency keys and the
-Kafka position in one transaction. Kafka itself stays in `consumers.ingest`.
+returns the new events, dead letters and snapshots; `commit` writes the events, the idempotency
+keys and the Kafka position in one transaction, then the snapshots. Kafka itself stays in
+`consumers.ingest`.
+
+A caller may commit a batch in another thread while it prepares the next one (the consumer does
+on PostgreSQL). It then `hold`s the batch it hands over: until `release`, the batch's idempotency
+keys count as seen and its accounts stay loaded (never re-read from a store that does not have
+them yet). `commit` touches no cached state, and a batch's snapshots are encoded while it is
+prepared, because the accounts move on while the commit runs. If the commit fails, every batch
+prepared on top of it is wrong: the caller `clear`s everything and reads again from the store.
 """
 
 from __future__ import annotations
@@ -11,12 +19,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import structlog
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Snapshot
-from eventsourcing.persistence import PersistenceError, Tracking
+from eventsourcing.persistence import PersistenceError, StoredEvent, Tracking
 
 from ledger import limits
 from ledger.clock import Clock
@@ -38,9 +47,8 @@ from ledger.schemas.inbound import (
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class InboundMessage:
-    """One Kafka record, as received."""
+class InboundMessage(NamedTuple):
+    """One Kafka record, as received (a named tuple: built for every record, so cheap to build)."""
 
     topic: str
     partition: int
@@ -65,10 +73,14 @@ class DeadLetter:
 class PreparedBatch:
     """What one batch produced, ready to be committed."""
 
+    sequence: int = 0
     events: list[Any] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    touched: set[str] = field(default_factory=set)
+    accounts: dict[str, Account] = field(default_factory=dict)
+    """The accounts the batch moved, by account id."""
+    snapshots: list[StoredEvent] = field(default_factory=list)
+    """Snapshots of accounts that passed a multiple of the interval, encoded when prepared."""
     duplicates: int = 0
     applied: int = 0
 
@@ -94,10 +106,16 @@ class IngestService:
         self.clock = clock
         self.cache_max = cache_max
         self._cache: OrderedDict[str, Account] = OrderedDict()
+        self._sequence = 0
+        # What held batches (handed to a commit not yet confirmed) recorded, outside the cache's
+        # cap: their keys, and their accounts with the sequence of the last batch that moved each.
+        self._held_keys: set[str] = set()
+        self._held_accounts: dict[str, tuple[int, Account]] = {}
 
     def prepare(self, messages: Sequence[InboundMessage]) -> PreparedBatch:
         """Parse, de-duplicate and apply a batch; nothing is written yet."""
-        batch = PreparedBatch()
+        self._sequence += 1
+        batch = PreparedBatch(sequence=self._sequence)
         parsed: list[tuple[InboundMessage, InboundEvent]] = []
         for message in messages:
             try:
@@ -106,13 +124,15 @@ class IngestService:
                 batch.dead_letters.append(DeadLetter(message, rejected.kind, rejected.reason))
         keys = [idempotency_key(fact.processor, fact.event_id) for _, fact in parsed]
         seen = self.store.key_recorder.select_inbound_keys(set(keys)) if keys else set()
-        unopened = self._never_opened(fact for _, fact in parsed)
+        seen.update(self._held_keys.intersection(keys))
+        absent = self._absent(fact for _, fact in parsed)
+        now = self.clock.now()  # one recording time for the batch: it is one transaction
         for (message, fact), key in zip(parsed, keys, strict=True):
             if key in seen:
                 batch.duplicates += 1
                 continue
             try:
-                account = self._apply(fact, unopened)
+                account = self._apply(fact, absent, now, batch.accounts)
             except UnknownAccountError as error:
                 batch.dead_letters.append(
                     DeadLetter(
@@ -127,44 +147,65 @@ class IngestService:
                 continue
             seen.add(key)
             batch.keys.append(key)
-            batch.touched.add(fact.account_id)
+            batch.accounts[fact.account_id] = account
             batch.events.extend(account.collect_events())
             batch.applied += 1
+        batch.snapshots = self._encode_snapshots(batch)
         return batch
 
     def commit(self, batch: PreparedBatch, tracking: Tracking) -> None:
-        """Write the batch's events, keys and Kafka position in one transaction."""
+        """Write the batch's events, keys and Kafka position in one transaction, then snapshots.
+
+        Reads nothing the preparing thread changes, so it may run in another thread.
+        """
         mapper = self.store.mapper
         stored = [mapper.to_stored_event(event) for event in batch.events]
         self.store.process_recorder.insert_events(
             stored, tracking=tracking, inbound_keys=batch.keys
         )
-        self._take_snapshots(batch)
+        self._write_snapshots(batch.snapshots)
 
-    def _take_snapshots(self, batch: PreparedBatch) -> None:
-        """Snapshot every cached account that passed a multiple of the snapshot interval.
+    def hold(self, batch: PreparedBatch) -> None:
+        """The batch is being committed: its keys count as seen, its accounts stay loaded."""
+        self._held_keys.update(batch.keys)
+        for account_id, account in batch.accounts.items():
+            self._held_accounts[account_id] = (batch.sequence, account)
 
-        Best effort, after the commit: a snapshot only makes loading faster, and one that
-        already exists (the batch was re-done) is simply there already.
+    def release(self, batch: PreparedBatch) -> None:
+        """The batch's commit is confirmed: the store now answers for its keys and accounts."""
+        self._held_keys.difference_update(batch.keys)
+        for account_id in batch.accounts:
+            held = self._held_accounts.get(account_id)
+            if held is not None and held[0] == batch.sequence:
+                del self._held_accounts[account_id]
+
+    def _encode_snapshots(self, batch: PreparedBatch) -> list[StoredEvent]:
+        """Snapshots of the batch's accounts that passed a multiple of the snapshot interval.
+
+        Taken and encoded now: a snapshot shares the account's dicts, which the next batch
+        moves on while this one is being committed.
         """
-        snapshots = self.store.snapshots
+        if self.store.snapshots is None:
+            return []
         interval = limits.snapshot_interval_events
-        if snapshots is None:
-            return
         due = {
             event.account_id for event in batch.events if event.originator_version % interval == 0
         }
-        taken = [
-            Snapshot.take(account)
-            for account in (self._cache.get(account_id) for account_id in due)
-            if account is not None
+        mapper = self.store.mapper
+        return [
+            mapper.to_stored_event(Snapshot.take(batch.accounts[account_id])) for account_id in due
         ]
-        if not taken:
+
+    def _write_snapshots(self, snapshots: list[StoredEvent]) -> None:
+        """Best effort, after the commit: a snapshot only makes loading faster, and one that
+        already exists (the batch was re-done) is simply there already."""
+        store = self.store.snapshots
+        if store is None or not snapshots:
             return
         try:
-            snapshots.put(taken)
+            store.recorder.insert_events(snapshots)
         except PersistenceError as error:
-            log.info("snapshots not written", accounts=len(taken), error=str(error))
+            log.info("snapshots not written", accounts=len(snapshots), error=str(error))
 
     def evict(self, account_ids: Iterable[str]) -> None:
         """Forget cached accounts (after a failed commit their memory is ahead of the store)."""
@@ -172,19 +213,22 @@ class IngestService:
             self._cache.pop(account_id, None)
 
     def clear(self) -> None:
-        """Forget every cached account."""
+        """Forget every cached account and every held batch (the store is the truth again)."""
         self._cache.clear()
+        self._held_keys.clear()
+        self._held_accounts.clear()
 
-    def _never_opened(self, facts: Iterable[InboundEvent]) -> set[str]:
-        """Accounts the batch opens that neither the cache nor the store knows (one query).
+    def _absent(self, facts: Iterable[InboundEvent]) -> set[str]:
+        """Accounts the batch names that neither memory nor the store knows (one query).
 
-        Loading an account that does not exist costs a snapshot and an event query each; most
-        openings are of new accounts, so the batch asks once which of them exist.
+        Most openings are of new accounts, and a fact for an account nobody opened is a dead
+        letter: loading each of them to find it missing would cost a snapshot and an event
+        query apiece, so the batch asks once which of them exist.
         """
         candidates = {
             fact.account_id
             for fact in facts
-            if isinstance(fact, AccountOpenedIn) and fact.account_id not in self._cache
+            if fact.account_id not in self._cache and fact.account_id not in self._held_accounts
         }
         if not candidates:
             return set()
@@ -193,13 +237,16 @@ class IngestService:
         )
         return {account_id for account_id in candidates if account_uuid(account_id) not in existing}
 
-    def _apply(self, fact: InboundEvent, unopened: set[str]) -> Account:
-        now = self.clock.now()
+    def _apply(
+        self, fact: InboundEvent, absent: set[str], now: datetime, moved: dict[str, Account]
+    ) -> Account:
+        """Apply one fact; `absent` holds the batch's accounts that did not exist before it,
+        `moved` the accounts the batch has moved so far."""
         origin = FactOrigin(fact.processor, fact.event_id, fact.occurred_at)
         if isinstance(fact, AccountOpenedIn):
-            if fact.account_id in unopened:
-                unopened.discard(fact.account_id)  # a second opening in the batch is refused
-            elif self._load(fact.account_id) is not None:
+            if fact.account_id in absent:
+                absent.discard(fact.account_id)  # a second opening in the batch is refused
+            elif self._load(fact.account_id, moved) is not None:
                 raise DomainRuleError(f"account {fact.account_id} is already open")
             account = Account.open(
                 account_id=fact.account_id,
@@ -214,7 +261,7 @@ class IngestService:
             return account
         if not isinstance(fact, InvoiceIssuedIn | PaymentReceivedIn):
             raise DomainRuleError(f"{fact.type} is not handled yet")
-        account_or_none = self._load(fact.account_id)
+        account_or_none = None if fact.account_id in absent else self._load(fact.account_id, moved)
         if account_or_none is None:
             raise UnknownAccountError(f"account {fact.account_id} was never opened")
         account = account_or_none
@@ -238,11 +285,19 @@ class IngestService:
             )
         return account
 
-    def _load(self, account_id: str) -> Account | None:
+    def _load(self, account_id: str, moved: dict[str, Account]) -> Account | None:
+        """The account from memory (this batch, the cache, a held batch) or else the store."""
+        account = moved.get(account_id)
+        if account is not None:  # even if the cache's bound dropped it during this batch
+            return account
         account = self._cache.get(account_id)
         if account is not None:
             self._cache.move_to_end(account_id)
             return account
+        held = self._held_accounts.get(account_id)
+        if held is not None:  # dropped from the cache while its commit is not yet confirmed
+            self._remember(held[1])
+            return held[1]
         try:
             loaded: object = self.store.repository.get(account_uuid(account_id))
         except AggregateNotFoundError:

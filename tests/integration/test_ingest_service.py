@@ -166,7 +166,7 @@ def test_version_conflict_then_reload(store: EventStore) -> None:
     stale = first.prepare(messages([payment("e3", "A", 300)], 1))
     with pytest.raises(IntegrityError):
         first.commit(stale, Tracking("x:0", 2))
-    first.evict(stale.touched)
+    first.evict(stale.accounts)
     first.commit(first.prepare(messages([payment("e3", "A", 300)], 1)), Tracking("x:0", 2))
     account = store.repository.get(account_uuid("A"))
     assert isinstance(account, Account)
@@ -182,7 +182,7 @@ def test_replay_gives_the_same_state(store: EventStore) -> None:
     service = IngestService(store, policy=POLICY, clock=CLOCK)
     lines = [opened("e1", "A"), invoice("e2", "A", 700), payment("e3", "A", 1_000)]
     ingest(service, lines)
-    cached = service._load("A")
+    cached = service._load("A", {})
     replayed = store.repository.get(account_uuid("A"))
     assert isinstance(replayed, Account)
     assert cached is not None
@@ -204,7 +204,7 @@ def test_ingest_snapshots_long_accounts(store: EventStore) -> None:
     # 499 events (each payment overpays: payment + overpayment): one snapshot per 100 passed,
     # taken at the end of the batch that passed it.
     assert [snapshot.originator_version // 100 for snapshot in snapshots] == [1, 2, 3, 4]
-    cached = service._load("A")
+    cached = service._load("A", {})
     loaded = store.repository.get(account_uuid("A"))
     assert isinstance(loaded, Account) and cached is not None
     assert (loaded.version, loaded.balances) == (cached.version, cached.balances)
@@ -225,3 +225,54 @@ def test_balance_as_of_a_past_time(database_url: str, store: EventStore) -> None
     assert after["as_of"] == "2026-11-02T09:00:00+00:00"
     assert queries.balance(database, "A")["customer_credit"] == 500
     database.close()
+
+
+def test_a_held_batch_counts_while_the_next_is_prepared(store: EventStore) -> None:
+    """Pipelined commit: the batch prepared on top of one still being committed sees its keys
+    as seen and its accounts as loaded, even when they were dropped from the cache."""
+    service = IngestService(store, policy=POLICY, clock=CLOCK, cache_max=1)
+    first = service.prepare(
+        messages([opened("e1", "A"), opened("e2", "B"), invoice("e3", "A", 500)])
+    )
+    service.hold(first)  # handed to a commit that has not run yet; A was dropped from the cache
+    second = service.prepare(
+        messages([invoice("e3", "A", 500), payment("e4", "A", 700), payment("e5", "B", 50)], 3)
+    )
+    assert second.duplicates == 1 and second.applied == 2 and not second.dead_letters
+    service.hold(second)
+    service.commit(first, Tracking("payments.inbound:t:0", 3))
+    service.release(first)
+    service.commit(second, Tracking("payments.inbound:t:0", 6))
+    service.release(second)
+    history = [opened("e1", "A"), opened("e2", "B"), invoice("e3", "A", 500)]
+    expected = expected_balances([*history, payment("e4", "A", 700), payment("e5", "B", 50)])
+    for account_id in ("A", "B"):
+        account = store.repository.get(account_uuid(account_id))
+        assert isinstance(account, Account)
+        natural = {str(k): account.balance(k).amount_minor for k in account.balances}
+        assert {k: v for k, v in natural.items() if v} == expected[account_id]
+    # Released: the store answers for them now, and nothing stays held.
+    third = service.prepare(messages([payment("e4", "A", 700), opened("e6", "A")], 6))
+    assert third.duplicates == 1 and [d.kind for d in third.dead_letters] == ["domain_rule"]
+
+
+def test_snapshots_are_encoded_when_the_batch_is_prepared(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next batch moves the accounts on while one is committed: its snapshot must show the
+    account as that batch left it."""
+    monkeypatch.setattr("ledger.limits.snapshot_interval_events", 2)
+    service = IngestService(store, policy=POLICY, clock=CLOCK)
+    first = service.prepare(messages([opened("e1", "A"), invoice("e2", "A", 500)]))
+    assert len(first.snapshots) == 1
+    service.hold(first)
+    second = service.prepare(messages([invoice("e3", "A", 300)], 2))
+    service.commit(first, Tracking("payments.inbound:t:0", 2))
+    service.commit(second, Tracking("payments.inbound:t:0", 3))
+    assert store.snapshots is not None
+    [snapshot] = store.snapshots.get(account_uuid("A"))
+    assert snapshot.originator_version == 2
+    assert snapshot.state["balances"] == {"receivable": 500, "revenue": -500}
+    account = store.repository.get(account_uuid("A"))
+    assert isinstance(account, Account) and account.version == 3
+    assert account.balances == {"receivable": 800, "revenue": -800}

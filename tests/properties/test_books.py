@@ -95,7 +95,7 @@ def check_books(store: EventStore, service: IngestService) -> None:
     paid, billed = applied_totals(store)
     trial: Counter[str] = Counter()
     for account_id in ACCOUNT_IDS:
-        cached = service._load(account_id)
+        cached = service._load(account_id, {})
         if cached is None:
             continue
         replayed = store.repository.get(account_uuid(account_id))
