@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from ledger import limits
-from ledger.ingest import DeadLetter, InboundMessage, IngestService
+from ledger.ingest import DeadLetter, InboundMessage, IngestService, PreparedBatch
 from ledger.kafka.clients import ResilientProducer, make_consumer
 from ledger.kafka.topics import PAYMENTS_INBOUND, PAYMENTS_INBOUND_DLQ, TopicWatcher
 from ledger.persistence.database import DatabaseUnavailable
@@ -46,6 +47,18 @@ class PartitionState:
 
     tracking_name: str
     position: int | None
+    dead_lettered_through: int = -1
+    """The highest offset whose dead letter was sent (and flushed)."""
+
+
+@dataclass
+class _InFlight:
+    """The batch handed to the commit and not yet settled."""
+
+    future: Future[None]
+    batch: PreparedBatch
+    tracking: Tracking
+    partition: int
 
 
 def tracking_name(topic: str, topic_id: str, partition: int, generation: str = "") -> str:
@@ -96,6 +109,7 @@ class IngestConsumer:
         topic: str = PAYMENTS_INBOUND,
         dlq_topic: str = PAYMENTS_INBOUND_DLQ,
         partitions: Sequence[int] | None = None,
+        pipelined: bool | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.service = service
@@ -112,11 +126,21 @@ class IngestConsumer:
         self.applied = 0
         self.dead_lettered = 0
         self.duplicates = 0
+        # Commit in a writer thread while the next batch is prepared, where the database lets a
+        # commit run without holding the GIL (see InboundKeyRecorder.commits_concurrently).
+        self.pipelined = (
+            service.store.key_recorder.commits_concurrently if pipelined is None else pipelined
+        )
+        self._writer: ThreadPoolExecutor | None = None
+        self._in_flight: _InFlight | None = None
+        self._conflicts = 0
 
     def run(self) -> None:
         """Consume until stopped."""
         consumer = make_consumer(self.bootstrap, group_id=self.group_id, client_id="ledger-ingest")
         self.consumer = consumer
+        if self.pipelined:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-commit")
         self.topic_id = self._current_topic_id()
         if self.group_id is None:
             partitions = self.static_partitions
@@ -134,16 +158,35 @@ class IngestConsumer:
                     timeout_ms=limits.poll_timeout_ms, max_records=limits.poll_records_max
                 )
                 for topic_partition, batch in records.items():
-                    if self.stop.is_set():
+                    if self.stop.is_set() or not self._process(topic_partition, batch):
                         break
-                    self._process(topic_partition, batch)
+                self.settle(wait=False)  # notice a finished (or failed) commit without new records
                 if time.monotonic() >= next_check:
                     self.check_incarnation()
                     next_check = time.monotonic() + limits.topic_check_interval_s
         finally:
+            self._drain()
             self.watcher.close()
             consumer.close(autocommit=False)
             self.consumer = None
+
+    def _drain(self) -> None:
+        """On the way out: let the commit in flight finish; a failed one is redone next run."""
+        in_flight, self._in_flight = self._in_flight, None
+        writer, self._writer = self._writer, None
+        if in_flight is not None:
+            try:
+                in_flight.future.result()
+            except Exception as error:  # whatever it was, nothing of the batch was stored
+                log.warning(
+                    "last batch not committed: the next run redoes it",
+                    topic=self.topic,
+                    partition=in_flight.partition,
+                    position=in_flight.tracking.notification_id,
+                    error=str(error),
+                )
+        if writer is not None:
+            writer.shutdown(wait=True)
 
     def _current_topic_id(self) -> str:
         try:
@@ -158,6 +201,7 @@ class IngestConsumer:
         consumer = self.consumer
         if consumer is None:
             return
+        self.settle()
         current = self._current_topic_id()
         if current != self.topic_id:
             log.warning(
@@ -187,6 +231,7 @@ class IngestConsumer:
 
     def revoke(self, revoked: Sequence[TopicPartition]) -> None:
         """Forget partitions another consumer now owns (and their cached accounts)."""
+        self.settle()  # finish our commit before another consumer reads the partition
         for topic_partition in revoked:
             self.partitions.pop(topic_partition.partition, None)
         self.service.clear()
@@ -196,6 +241,7 @@ class IngestConsumer:
         consumer = self.consumer
         if consumer is None:
             return
+        self.settle()
         current = self._current_topic_id()
         if current == "unknown":
             return
@@ -225,13 +271,19 @@ class IngestConsumer:
                 self.partitions[topic_partition.partition] = PartitionState(name, None)
                 consumer.seek_to_beginning(topic_partition)
 
-    def _process(self, topic_partition: TopicPartition, records: Sequence[Any]) -> None:
+    def _process(self, topic_partition: TopicPartition, records: Sequence[Any]) -> bool:
+        """Prepare one partition batch and hand it to the commit; False after a rewind.
+
+        The batch is prepared while the previous one is still being committed (pipelined), then
+        that commit is settled before this one starts, so at most one batch is in flight. A
+        rewind (a failed commit) makes the rest of the poll stale: the caller drops it.
+        """
         state = self.partitions.get(topic_partition.partition)
         if state is None:
             # Never drop records of a partition we have not positioned: position it (which seeks
             # to the stored offset) and let the next poll fetch them again.
             self.assign([topic_partition])
-            return
+            return True
         floor = state.position or 0
         messages = [
             InboundMessage(
@@ -246,74 +298,135 @@ class IngestConsumer:
             if record.offset + 1 > floor
         ]
         if not messages:
-            return
+            return True
+        batch = self._prepare(topic_partition, messages)
+        if batch is None:
+            return False
+        self._send_dead_letters(batch.dead_letters, state)
+        if not self.settle():
+            return False
         tracking = Tracking(state.tracking_name, messages[-1].offset + 1)
-        sent_offsets: set[int] = set()
-        backoff_s = limits.backoff_initial_s
-        conflicts = 0
-        while True:
-            try:
-                batch = self.service.prepare(messages)
-            except (OperationalError, InterfaceError, DatabaseUnavailable) as error:
-                # A read failed part-way: cached accounts may hold part of the batch.
-                self.service.clear()
-                backoff_s = self._wait_for_database(error, topic_partition, backoff_s)
-                continue
-            self._send_dead_letters(batch.dead_letters, sent_offsets)
+        self.service.hold(batch)
+        state.position = tracking.notification_id
+        if self._writer is not None:
+            future = self._writer.submit(self.service.commit, batch, tracking)
+        else:
+            future = Future()
             try:
                 self.service.commit(batch, tracking)
-            except IntegrityError as error:
-                self.service.evict(batch.touched)
-                recorder = self.service.store.process_recorder
-                if recorder.has_tracking_id(tracking.application_name, tracking.notification_id):
-                    log.info(
-                        "batch already committed elsewhere",
-                        topic=self.topic,
-                        partition=topic_partition.partition,
-                        position=tracking.notification_id,
-                    )
-                    break
-                conflicts += 1
-                if conflicts > limits.batch_retry_max:
-                    raise IngestFailed(
-                        f"{self.topic}[{topic_partition.partition}] batch ending at offset"
-                        f" {messages[-1].offset}: {conflicts} conflicts, last: {error}"
-                    ) from error
-                log.warning(
-                    "version conflict: reloading accounts and re-applying the batch",
-                    topic=self.topic,
-                    partition=topic_partition.partition,
-                    attempt=conflicts,
-                    error=str(error),
-                )
-                # Jittered back-off, so two writers of one account stop colliding in lock step.
-                self.stop.wait(random.uniform(0, limits.conflict_backoff_s * 2**conflicts))
-                continue
+                future.set_result(None)
+            except Exception as error:  # settled (and classified) just below
+                future.set_exception(error)
+        self._in_flight = _InFlight(future, batch, tracking, topic_partition.partition)
+        return self._writer is not None or self.settle()
+
+    def _prepare(
+        self, topic_partition: TopicPartition, messages: list[InboundMessage]
+    ) -> PreparedBatch | None:
+        """The prepared batch, retrying database outages; None if a rewind made it stale."""
+        backoff_s = limits.backoff_initial_s
+        while True:
+            try:
+                return self.service.prepare(messages)
             except (OperationalError, InterfaceError, DatabaseUnavailable) as error:
-                self.service.evict(batch.touched)
-                backoff_s = self._wait_for_database(error, topic_partition, backoff_s)
-                continue
-            self.applied += batch.applied
-            self.duplicates += batch.duplicates
-            self.dead_lettered += len(batch.dead_letters)
-            break
-        state.position = tracking.notification_id
+                # A read failed part-way: cached accounts may hold part of the batch. Settle the
+                # commit in flight first: if it failed, the partitions were read back from their
+                # stored positions and these messages may no longer follow on from them.
+                if not self.settle():
+                    return None
+                self.service.clear()
+                backoff_s = self._wait_for_database(error, topic_partition.partition, backoff_s)
+
+    def settle(self, *, wait: bool = True) -> bool:
+        """Wait for the commit in flight (if any); False if it failed and everything rewound.
+
+        With `wait=False` a commit still running is left alone (and True returned).
+        """
+        in_flight = self._in_flight
+        if in_flight is None or (not wait and not in_flight.future.done()):
+            return True
+        self._in_flight = None
+        try:
+            in_flight.future.result()
+        except IntegrityError as error:
+            self._conflict(in_flight, error)
+            self._rewind()
+            return False
+        except (OperationalError, InterfaceError, DatabaseUnavailable) as error:
+            self._wait_for_database(error, in_flight.partition, limits.backoff_initial_s)
+            self._rewind()
+            return False
+        self.service.release(in_flight.batch)
+        self._conflicts = 0
+        self.applied += in_flight.batch.applied
+        self.duplicates += in_flight.batch.duplicates
+        self.dead_lettered += len(in_flight.batch.dead_letters)
         log.debug(
             "batch committed",
             topic=self.topic,
-            partition=topic_partition.partition,
-            position=state.position,
-            messages=len(messages),
+            partition=in_flight.partition,
+            position=in_flight.tracking.notification_id,
+            messages=in_flight.batch.applied + in_flight.batch.duplicates,
         )
+        return True
+
+    def _conflict(self, in_flight: _InFlight, error: IntegrityError) -> None:
+        """Log a refused commit; give up after too many version conflicts in a row."""
+        tracking = in_flight.tracking
+        recorder = self.service.store.process_recorder
+        if recorder.has_tracking_id(tracking.application_name, tracking.notification_id):
+            log.info(
+                "batch already committed elsewhere",
+                topic=self.topic,
+                partition=in_flight.partition,
+                position=tracking.notification_id,
+            )
+            return
+        self._conflicts += 1
+        if self._conflicts > limits.batch_retry_max:
+            raise IngestFailed(
+                f"{self.topic}[{in_flight.partition}] batch ending at offset"
+                f" {tracking.notification_id - 1}: {self._conflicts} conflicts, last: {error}"
+            ) from error
+        log.warning(
+            "version conflict: reloading accounts and re-applying the batch",
+            topic=self.topic,
+            partition=in_flight.partition,
+            attempt=self._conflicts,
+            error=str(error),
+        )
+        # Jittered back-off, so two writers of one account stop colliding in lock step.
+        self.stop.wait(random.uniform(0, limits.conflict_backoff_s * 2**self._conflicts))
+
+    def _rewind(self) -> None:
+        """Forget what was prepared; read every owned partition again from its stored position."""
+        self.service.clear()
+        consumer = self.consumer
+        recorder = self.service.store.process_recorder
+        backoff_s = limits.backoff_initial_s
+        while True:
+            try:
+                for partition, state in self.partitions.items():
+                    state.position = recorder.max_tracking_id(state.tracking_name)
+                    if consumer is None:
+                        continue
+                    topic_partition = TopicPartition(self.topic, partition)
+                    if state.position is None:
+                        consumer.seek_to_beginning(topic_partition)
+                    else:
+                        consumer.seek(topic_partition, state.position)
+                return
+            except (OperationalError, InterfaceError, DatabaseUnavailable) as error:
+                backoff_s = self._wait_for_database(error, None, backoff_s)
 
     def _wait_for_database(
-        self, error: Exception, topic_partition: TopicPartition, backoff_s: float
+        self, error: Exception, partition: int | None, backoff_s: float
     ) -> float:
         """Log, back off (re-raising `error` if stopped meanwhile); the next back-off."""
         log.warning(
             "database unavailable: retrying the batch",
             topic=self.topic,
-            partition=topic_partition.partition,
+            partition=partition,
             retry_in_s=backoff_s,
             error=str(error),
         )
@@ -321,8 +434,14 @@ class IngestConsumer:
             raise error
         return min(backoff_s * 2, limits.backoff_max_s)
 
-    def _send_dead_letters(self, dead_letters: Sequence[DeadLetter], sent: set[int]) -> None:
-        fresh = [letter for letter in dead_letters if letter.message.offset not in sent]
+    def _send_dead_letters(self, dead_letters: Sequence[DeadLetter], state: PartitionState) -> None:
+        """Send and flush the batch's dead letters, each offset once while the partition is ours.
+
+        A batch re-done after a failed commit (or a rewind) finds its letters sent already.
+        """
+        fresh = [
+            letter for letter in dead_letters if letter.message.offset > state.dead_lettered_through
+        ]
         if not fresh:
             return
         for letter in fresh:
@@ -345,4 +464,4 @@ class IngestConsumer:
                 error_reason=letter.reason,
             )
         self.dead_letters.flush()
-        sent.update(letter.message.offset for letter in fresh)
+        state.dead_lettered_through = fresh[-1].message.offset

@@ -19,6 +19,15 @@ INBOUND_KEYS_TABLE = "ledger_inbound_keys"
 class InboundKeyRecorder:
     """What the ingest needs beyond eventsourcing's process recorder."""
 
+    commits_concurrently = False
+    """Whether a commit may run in a writer thread while the ingest prepares the next batch.
+
+    Only where the write holds the GIL briefly: PostgreSQL sends one statement and waits for
+    the server. Python's sqlite3 releases and re-takes the GIL around every row's step, so a
+    writer thread competing with a busy preparing thread waits for the GIL once per row: 2,000
+    rows measured 7 ms alone and 2.5 s beside a busy thread.
+    """
+
     def select_inbound_keys(self, keys: Collection[str]) -> set[str]:
         """The given idempotency keys that are already recorded."""
         raise NotImplementedError
@@ -100,6 +109,8 @@ class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
 
 class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder):
     """PostgreSQL process recorder with an inbound idempotency-key table."""
+
+    commits_concurrently = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

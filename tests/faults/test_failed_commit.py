@@ -1,0 +1,159 @@
+"""A commit that fails while the next batch is already prepared on top of it, on both backends.
+
+On PostgreSQL the ingest consumer commits each batch in a writer thread while it prepares the
+next one (on SQLite it commits in line, through the same code). When a commit fails (a lost
+connection, or a version conflict), the batch prepared on top of it is wrong too: the consumer
+must drop both, read every partition again from its stored position, and end with every fact
+applied exactly once and every dead letter sent exactly once. The real consumer and service run
+over the real broker and database; only the commit is made to fail, before it writes anything.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from eventsourcing.persistence import IntegrityError, OperationalError, Tracking
+from structlog.testing import capture_logs
+
+from consumers.ingest import IngestConsumer
+from ledger.clock import FixedClock
+from ledger.domain.account import Account, account_uuid
+from ledger.domain.policy import Policy
+from ledger.ingest import IngestService, PreparedBatch
+from ledger.kafka.broker import EmbeddedBroker
+from ledger.kafka.clients import ResilientProducer, make_producer
+from ledger.kafka.topics import ensure_topics, read_topic
+from ledger.persistence.event_store import open_event_store
+from ledger.persistence.mapper import decode_state
+from ledger.persistence.urls import parse_database_url
+from tests.books import expected_balances, invoice, opened, payment
+
+POLICY = Policy(version="test-1")
+CLOCK = FixedClock(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
+BATCH = 25
+FAILING_COMMITS = {3, 4, 9}
+"""Which commits fail (counted from 1): two in a row, then one more later."""
+
+
+class FailingCommits(IngestService):
+    """The real service, whose chosen commits fail before writing anything."""
+
+    def __init__(self, *args: Any, error: type[Exception], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.error = error
+        self.commits = 0
+
+    def commit(self, batch: PreparedBatch, tracking: Tracking) -> None:
+        self.commits += 1
+        if self.commits in FAILING_COMMITS:
+            raise self.error(f"commit {self.commits} failed (injected)")
+        super().commit(batch, tracking)
+
+
+def history() -> list[bytes]:
+    """Openings, then invoices and payments (some overpaying), one duplicate, two bad lines."""
+    lines = [opened(f"open-{n}", f"acct-{n}") for n in range(10)]
+    for n in range(240):
+        account = f"acct-{n % 10}"
+        if n % 3 == 0:
+            lines.append(payment(f"pay-{n}", account, 700 + n))
+        else:
+            lines.append(invoice(f"inv-{n}", account, 400 + n))
+    lines.insert(60, b"{not json")  # inside the third batch
+    lines.insert(80, b'{"event_id": "x", "type": "payment.received"}')  # the fourth
+    lines.insert(130, lines[115])  # the same event again, in the next batch
+    return lines
+
+
+@pytest.mark.parametrize(
+    ("error", "logged"),
+    [
+        (OperationalError, "database unavailable: retrying the batch"),
+        (IntegrityError, "version conflict: reloading accounts and re-applying the batch"),
+    ],
+)
+def test_failed_commits_rewind_to_the_stored_positions(
+    broker: EmbeddedBroker,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    error: type[Exception],
+    logged: str,
+) -> None:
+    monkeypatch.setattr("ledger.limits.poll_records_max", BATCH)
+    suffix = uuid.uuid4().hex[:8]
+    topic, dlq = f"failed-commit.{suffix}", f"failed-commit.{suffix}.dlq"
+    ensure_topics(broker.bootstrap, 1, names=[topic, dlq])
+    lines = history()
+    producer = make_producer(broker.bootstrap)
+    for raw in lines:
+        producer.send(topic, value=raw)
+    producer.flush()
+    producer.close()
+
+    store = open_event_store(parse_database_url(database_url), create_table=True)
+    stop = threading.Event()
+    dead_letters = ResilientProducer(broker.bootstrap, stop=stop)
+    service = FailingCommits(store, policy=POLICY, clock=CLOCK, error=error)
+    consumer = IngestConsumer(
+        bootstrap=broker.bootstrap,
+        service=service,
+        dead_letters=dead_letters,
+        group_id=None,
+        stop=stop,
+        topic=topic,
+        dlq_topic=dlq,
+    )
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            consumer.run()
+        except BaseException as failure:
+            errors.append(failure)
+
+    valid = len(lines) - 3
+    thread = threading.Thread(target=run)
+    with capture_logs() as logs:
+        thread.start()
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not errors and consumer.applied < valid:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+            dead_letters.close()
+    try:
+        assert errors == []
+        assert service.commits > max(FAILING_COMMITS)
+        assert [e["event"] for e in logs].count(logged) == len(FAILING_COMMITS)
+        assert (consumer.applied, consumer.duplicates, consumer.dead_lettered) == (valid, 1, 2)
+        # Every fact exactly once in the store, and the position at the end of the topic.
+        stored = [
+            decode_state(n.state)
+            for n in store.process_recorder.select_notifications(start=0, limit=10_000)
+        ]
+        sources = Counter(s["source_event_id"] for s in stored if "source_event_id" in s)
+        assert len(sources) == valid and set(sources.values()) == {1}
+        assert consumer.partitions[0].position == len(lines)
+        assert store.process_recorder.max_tracking_id(consumer.partitions[0].tracking_name) == len(
+            lines
+        )
+        # The books equal an independent model of a clean run.
+        model = expected_balances(lines)
+        for n in range(10):
+            account = store.repository.get(account_uuid(f"acct-{n}"))
+            assert isinstance(account, Account)
+            natural = {str(k): account.balance(k).amount_minor for k in account.balances}
+            assert {k: v for k, v in natural.items() if v} == model[f"acct-{n}"]
+        # Each bad line dead-lettered once, although both were prepared again after a rewind.
+        letters = read_topic(broker.bootstrap, dlq)
+        assert sorted(int(dict(r.headers)["source_offset"]) for r in letters) == [60, 80]
+    finally:
+        store.close()
