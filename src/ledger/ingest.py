@@ -132,7 +132,7 @@ class IngestService:
                 batch.duplicates += 1
                 continue
             try:
-                account = self._apply(fact, absent, now, batch.accounts)
+                self._record(batch, message, fact, absent, now)
             except UnknownAccountError as error:
                 batch.dead_letters.append(
                     DeadLetter(
@@ -147,11 +147,23 @@ class IngestService:
                 continue
             seen.add(key)
             batch.keys.append(key)
-            batch.accounts[fact.account_id] = account
-            batch.events.extend(account.collect_events())
             batch.applied += 1
         batch.snapshots = self._encode_snapshots(batch)
         return batch
+
+    def _record(
+        self,
+        batch: PreparedBatch,
+        message: InboundMessage,
+        fact: InboundEvent,
+        absent: set[str],
+        now: datetime,
+    ) -> None:
+        """Apply one new fact (parsed from `message`) to its account; add the account's new
+        events to the batch."""
+        account = self._apply(fact, absent, now, batch.accounts)
+        batch.accounts[fact.account_id] = account
+        batch.events.extend(account.collect_events())
 
     def commit(self, batch: PreparedBatch, tracking: Tracking) -> None:
         """Write the batch's events, keys and Kafka position in one transaction, then snapshots.

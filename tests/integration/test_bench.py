@@ -8,12 +8,20 @@ from pathlib import Path
 import orjson
 import psycopg
 import pytest
+from eventsourcing.persistence import Tracking
 from typer.testing import CliRunner
 
+from ledger.bench.worker import NoDomainService
 from ledger.cli import app
+from ledger.clock import SystemClock
+from ledger.domain.account import account_uuid
+from ledger.domain.policy import Policy
+from ledger.ingest import InboundMessage
 from ledger.kafka.broker import EmbeddedBroker
 from ledger.logging import configure_logging
+from ledger.persistence.event_store import open_event_store
 from ledger.persistence.urls import parse_database_url
+from tests.books import invoice, opened, payment
 
 
 @pytest.fixture(autouse=True)
@@ -70,6 +78,8 @@ def test_bench_json_document(bench_env: str) -> None:
         figures = document[phase]
         assert {"events_per_s", "baseline_per_s", "ratio"} <= figures.keys()
         assert all(_positive(figures[key]) for key in ("events_per_s", "baseline_per_s", "ratio"))
+    no_domain = document["ingest"]["no_domain"]
+    assert all(_positive(no_domain[key]) for key in ("events_per_s", "baseline_per_s", "ratio"))
     latency = document["latency"]
     assert all(_positive(latency[key]) for key in ("p50_ms", "p99_ms", "max_ms"))
     assert latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
@@ -115,3 +125,26 @@ def test_bench_ingest_with_two_workers(bench_env: str) -> None:
     assert ingest["messages"] == 1000
     assert _positive(ingest["ratio"])
     assert document["latency"] is None and document["rebuild"] is None
+
+
+def test_no_domain_service_stores_one_event_per_new_fact(database_url: str) -> None:
+    """The bench's no-domain pipeline keeps the real path's guarantees, without the domain."""
+    store = open_event_store(parse_database_url(database_url), create_table=True)
+    try:
+        service = NoDomainService(store, policy=Policy(version="t"), clock=SystemClock())
+        lines = [opened("e1", "A"), invoice("e2", "A", 100), b"{broken", payment("e3", "B", 5)]
+        lines.append(lines[1])
+        messages = [InboundMessage("t", 0, n, None, raw) for n, raw in enumerate(lines)]
+        batch = service.prepare(messages)
+        service.commit(batch, Tracking("t:0", len(lines)))
+        assert (batch.applied, batch.duplicates, len(batch.dead_letters)) == (3, 1, 1)
+        stored = store.process_recorder.select_notifications(start=0, limit=10)
+        assert [(n.originator_id, n.originator_version, n.state) for n in stored] == [
+            (account_uuid("A"), 1, lines[0]),
+            (account_uuid("A"), 2, lines[1]),
+            (account_uuid("B"), 1, lines[3]),
+        ]
+        again = service.prepare(messages)
+        assert (again.applied, again.duplicates) == (0, 4)
+    finally:
+        store.close()

@@ -105,11 +105,18 @@ def _stop(workers: Sequence[Worker]) -> None:
 
 
 def measure_ingest(
-    scratch: Scratch, workload: Workload, progress: Progress, *, workers: int = 1
+    scratch: Scratch,
+    workload: Workload,
+    progress: Progress,
+    *,
+    workers: int = 1,
+    no_domain: bool = True,
 ) -> IngestRun:
     """Publish the workload to a fresh topic, then time the baseline and the ledger reading it.
 
-    Both run as `workers` processes, each reading its share of the partitions.
+    Both run as `workers` processes, each reading its share of the partitions. With `no_domain`
+    the ingest pipeline with its domain taken out reads the same topic too, on a database of
+    its own: the ceiling of the ratio for any domain on top of this pipeline.
     """
     topic, dlq_topic = scratch.topics("ingest")
     total = len(workload.lines)
@@ -121,38 +128,22 @@ def measure_ingest(
     )
     shares = split_partitions(list(ends), workers)
     baseline_s = _run_baseline(scratch, topic, ends, shares, progress)
-    ingest_url = scratch.database_url("ingest")
-    target = parse_database_url(ingest_url)
-    prepare_schema(target, BALANCES_DDL)
-    store = open_event_store(target)
     with closing(TopicWatcher(scratch.bootstrap)) as watcher:
         topic_id = watcher.topic_id(topic) or "unknown"
-    names = {p: tracking_name(topic, topic_id, p) for p in ends}
-    recorder = store.process_recorder
-
-    def positions() -> dict[int, int]:
-        return {p: recorder.max_tracking_id(name) or 0 for p, name in names.items()}
-
     config = {
-        "kind": "ingest",
-        "database_url": ingest_url,
         "bootstrap": scratch.bootstrap,
         "topic": topic,
         "dlq_topic": dlq_topic,
         "policy": str(scratch.settings.policy) if scratch.settings.policy else None,
     }
-    started = _start("ingest", config, shares, scratch)
-    try:
-        sampler = MemorySampler([worker.pid for worker in started])
-        ingest_s = _drive(
-            started, positions, ends, label="ingest", progress=progress, sampler=sampler
-        )
-    finally:
-        _stop(started)
-        store.close()
-    ingest_per_s = total / ingest_s
+    ingest_url = scratch.database_url("ingest")
+    sampler = MemorySampler([])
+    ingest_s = _run_pipeline(
+        "ingest", ingest_url, config, topic_id, ends, shares, scratch, progress, sampler
+    )
     baseline_per_s = total / baseline_s
-    result = {
+    ingest_per_s = total / ingest_s
+    result: dict[str, Any] = {
         "events_per_s": round(ingest_per_s),
         "baseline_per_s": round(baseline_per_s),
         "ratio": round(ingest_per_s / baseline_per_s, 3),
@@ -161,7 +152,50 @@ def measure_ingest(
         "messages": total,
         "workers": len(shares),
     }
+    if no_domain:
+        url = scratch.database_url("no_domain")
+        no_domain_s = _run_pipeline(
+            "no_domain", url, config, topic_id, ends, shares, scratch, progress, None
+        )
+        result["no_domain"] = {
+            "events_per_s": round(total / no_domain_s),
+            "baseline_per_s": round(baseline_per_s),
+            "ratio": round(baseline_s / no_domain_s, 3),
+            "seconds": round(no_domain_s, 3),
+        }
     return IngestRun(result=result, memory=sampler.report(), database_url=ingest_url)
+
+
+def _run_pipeline(
+    kind: str,
+    database_url: str,
+    config: dict[str, Any],
+    topic_id: str,
+    ends: dict[int, int],
+    shares: list[list[int]],
+    scratch: Scratch,
+    progress: Progress,
+    sampler: MemorySampler | None,
+) -> float:
+    """Run the `kind` ingest workers on a fresh event store until they reach the ends; seconds."""
+    target = parse_database_url(database_url)
+    prepare_schema(target, BALANCES_DDL)
+    store = open_event_store(target)
+    names = {p: tracking_name(config["topic"], topic_id, p) for p in ends}
+    recorder = store.process_recorder
+
+    def positions() -> dict[int, int]:
+        return {p: recorder.max_tracking_id(name) or 0 for p, name in names.items()}
+
+    started = _start(kind, {**config, "kind": kind, "database_url": database_url}, shares, scratch)
+    try:
+        if sampler is not None:
+            sampler.pids.extend(worker.pid for worker in started)
+        label = "ingest" if kind == "ingest" else "ingest, no domain"
+        return _drive(started, positions, ends, label=label, progress=progress, sampler=sampler)
+    finally:
+        _stop(started)
+        store.close()
 
 
 def _run_baseline(

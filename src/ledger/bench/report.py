@@ -64,6 +64,14 @@ def table(document: dict[str, Any]) -> Table:
         processes = ingest["workers"]
         label = f"ingest (events/s, {processes} process{'es' if processes > 1 else ''})"
         result.add_row(*_throughput_row(label, ingest))
+        no_domain = ingest.get("no_domain")
+        if no_domain:
+            result.add_row(
+                "ingest with no domain (parse + store)",
+                _number(no_domain["events_per_s"]),
+                _number(no_domain["baseline_per_s"]),
+                f"{no_domain['ratio']:.2f} (the ceiling for any domain)",
+            )
     latency = document.get("latency")
     if latency:
         result.add_row(

@@ -3,32 +3,38 @@
 `ingest` runs the real ingest consumer and service on the run's own topics; `baseline` runs the
 raw pipeline the ingest is compared with: the same consumer settings, one row per message written
 with `executemany`, one transaction per partition per poll, the Kafka position in that
-transaction. Each prints `ready` on stdout once its partitions are assigned and seeked, and stops
-on SIGTERM.
+transaction. `no_domain` runs the real ingest consumer and service with the domain taken out
+(see `NoDomainService`): what is left is the ceiling any domain on top of this pipeline starts
+from. Each prints `ready` on stdout once its partitions are assigned and seeked, and stops on
+SIGTERM.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+from eventsourcing.persistence import StoredEvent, Tracking
 from kafka import TopicPartition
 
 from consumers.ingest import IngestConsumer
 from ledger import limits
 from ledger.clock import SystemClock
+from ledger.domain.account import account_uuid
 from ledger.gc_tuning import tune_gc_for_throughput
-from ledger.ingest import IngestService
+from ledger.ingest import InboundMessage, IngestService, PreparedBatch
 from ledger.kafka.clients import ResilientProducer, check_crc32c, make_consumer
 from ledger.logging import configure_logging
 from ledger.persistence.database import Database
 from ledger.persistence.event_store import open_event_store
 from ledger.persistence.urls import parse_database_url
 from ledger.policy_file import load_policy
+from ledger.schemas.inbound import InboundEvent
 from ledger.workers import install_stop_handlers
 
 BASELINE_ROWS_TABLE = "bench_baseline_rows"
@@ -52,6 +58,50 @@ def _ready() -> None:
     sys.stdout.flush()
 
 
+class NoDomainService(IngestService):
+    """The ingest service with no domain: parse, validate, de-duplicate, store one event per fact.
+
+    Everything else is the real path: the consumer, dead letters, the idempotency keys and the
+    Kafka position in the same transaction, and the event store's write. Each fact becomes one
+    stored event: the raw message as its state (so not even an encoding is paid), the next
+    version of its account; no aggregate, postings, checks or snapshots.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._versions: dict[str, int] = {}
+
+    def _absent(self, facts: Iterable[InboundEvent]) -> set[str]:
+        return set()
+
+    def _record(
+        self,
+        batch: PreparedBatch,
+        message: InboundMessage,
+        fact: InboundEvent,
+        absent: set[str],
+        now: datetime,
+    ) -> None:
+        version = self._versions.get(fact.account_id, 0) + 1
+        self._versions[fact.account_id] = version
+        batch.events.append(
+            StoredEvent(
+                account_uuid(fact.account_id), version, NO_DOMAIN_TOPIC, message.value or b""
+            )
+        )
+
+    def _encode_snapshots(self, batch: PreparedBatch) -> list[StoredEvent]:
+        return []
+
+    def commit(self, batch: PreparedBatch, tracking: Tracking) -> None:
+        self.store.process_recorder.insert_events(
+            batch.events, tracking=tracking, inbound_keys=batch.keys
+        )
+
+
+NO_DOMAIN_TOPIC = "ledger.bench.worker:NoDomainFact"
+
+
 class _SignallingIngestConsumer(IngestConsumer):
     """The real ingest consumer, saying when its partitions are assigned."""
 
@@ -61,11 +111,13 @@ class _SignallingIngestConsumer(IngestConsumer):
 
 
 def run_ingest(config: dict[str, Any], stop: threading.Event) -> None:
-    """The ledger's ingest on the benchmark topic, as `ledger.workers ingest` wires it."""
+    """The ledger's ingest on the benchmark topic, as `ledger.workers ingest` wires it (with
+    `NoDomainService` for the `no_domain` kind)."""
     check_crc32c()
     store = open_event_store(parse_database_url(config["database_url"]))
     producer = ResilientProducer(config["bootstrap"], stop=stop)
-    service = IngestService(
+    service_class = NoDomainService if config["kind"] == "no_domain" else IngestService
+    service = service_class(
         store,
         policy=load_policy(Path(config["policy"]) if config.get("policy") else None),
         clock=SystemClock(),
@@ -152,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("json", "warning")
     stop = threading.Event()
     install_stop_handlers(stop)
-    if config["kind"] == "ingest":
+    if config["kind"] in ("ingest", "no_domain"):
         run_ingest(config, stop)
     elif config["kind"] == "baseline":
         run_baseline(config, stop)
