@@ -28,6 +28,25 @@ NAME = "balances"
 POSITION_NAME = "projection:balances"
 
 TABLES = ("rm_accounts", "rm_balances", "rm_history")
+HISTORY_INDEX = "rm_history_account"
+ACCOUNT_COLUMNS = (
+    "account_id",
+    "customer_id",
+    "kind",
+    "jurisdiction",
+    "currency",
+    "opened_position",
+)
+HISTORY_COLUMNS = (
+    "position",
+    "account_id",
+    "version",
+    "type",
+    "occurred_at",
+    "occurred_us",
+    "data",
+    "postings",
+)
 
 DDL = (
     POSITIONS_DDL,
@@ -41,7 +60,7 @@ DDL = (
     "position BIGINT PRIMARY KEY, account_id TEXT NOT NULL, version INTEGER NOT NULL,"
     " type TEXT NOT NULL, occurred_at TEXT NOT NULL, occurred_us BIGINT NOT NULL,"
     " data TEXT NOT NULL, postings TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS rm_history_account ON rm_history (account_id, version)",
+    f"CREATE INDEX IF NOT EXISTS {HISTORY_INDEX} ON rm_history (account_id, version)",
 )
 
 
@@ -61,9 +80,21 @@ def create_tables(database: Database) -> None:
         )
 
 
+def finish_rebuild(database: Database) -> None:
+    """Build what `clear` dropped for the rebuild (the history index), once it has caught up."""
+    create_tables(database)
+
+
 def clear(database: Database) -> None:
-    """Empty the read model and reset its position, ready for a rebuild."""
+    """Empty the read model and reset its position, ready for a rebuild.
+
+    The per-account history index is dropped too: a rebuild appends history in position order,
+    and building the index once when it is done (`finish_rebuild`) is cheaper than maintaining
+    it row by row. Should the rebuild stop first, `create_tables` (run by every worker's start
+    and by `finish_rebuild`) creates it again; queries are correct without it, only slower.
+    """
     with database.transaction() as cursor:
+        cursor.execute(f"DROP INDEX IF EXISTS {HISTORY_INDEX}")
         for table in TABLES:
             cursor.execute(f"DELETE FROM {table}")
         reset_position(cursor, POSITION_NAME)
@@ -130,26 +161,31 @@ class BalancesProjection:
                         orjson.dumps(public_postings(state)).decode(),
                     )
                 )
-            if accounts:
-                cursor.executemany(
-                    "INSERT INTO rm_accounts (account_id, customer_id, kind, jurisdiction,"
-                    " currency, opened_position) VALUES (%s, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT (account_id) DO NOTHING",
-                    accounts,
-                )
-            if deltas:
-                cursor.executemany(
-                    "INSERT INTO rm_balances (account_id, ledger_account, currency,"
-                    " debit_minus_credit) VALUES (%s, %s, %s, %s)"
-                    " ON CONFLICT (account_id, ledger_account, currency) DO UPDATE SET"
-                    " debit_minus_credit = rm_balances.debit_minus_credit"
-                    " + excluded.debit_minus_credit",
-                    [(*key, amount) for key, amount in deltas.items()],
-                )
-            cursor.executemany(
-                "INSERT INTO rm_history (position, account_id, version, type, occurred_at,"
-                " occurred_us, data, postings) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            insert = self.database.insert_rows
+            insert(
+                cursor,
+                "rm_accounts",
+                ACCOUNT_COLUMNS,
+                accounts,
+                pg_types=("text", "text", "text", "text", "text", "bigint"),
+                suffix="ON CONFLICT (account_id) DO NOTHING",
+            )
+            insert(
+                cursor,
+                "rm_balances",
+                ("account_id", "ledger_account", "currency", "debit_minus_credit"),
+                [(*key, amount) for key, amount in deltas.items()],
+                pg_types=("text", "text", "text", "bigint"),
+                suffix="ON CONFLICT (account_id, ledger_account, currency) DO UPDATE SET"
+                " debit_minus_credit = rm_balances.debit_minus_credit"
+                " + excluded.debit_minus_credit",
+            )
+            insert(
+                cursor,
+                "rm_history",
+                HISTORY_COLUMNS,
                 history,
+                pg_types=("bigint", "text", "integer", "text", "text", "bigint", "text", "text"),
             )
             # An upsert: `ledger run` creates the tables but not this row (only create_tables
             # does), and a plain UPDATE of a missing row would silently record nothing.

@@ -227,6 +227,7 @@ def projections_rebuild(
                 projection, lambda position: progress.update(task, completed=position)
             )
             total = run_tail(storage.store, tracked, stop, until_caught_up=True)
+        balances_projection.finish_rebuild(storage.database)
         position = projection.position()
     finally:
         storage.close()

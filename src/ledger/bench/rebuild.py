@@ -80,6 +80,7 @@ def measure_rebuild(database_url: str, progress: Progress) -> dict[str, Any]:
         )
         started = time.monotonic()
         rebuilt = run_tail(store, reporting, threading.Event(), until_caught_up=True)
+        balances.finish_rebuild(database)
         rebuild_s = time.monotonic() - started
     finally:
         database.close()

@@ -73,6 +73,35 @@ class Database:
         self._sqlite: sqlite3.Connection | None = None
         self._postgres: psycopg.Connection[Any] | None = None
 
+    def insert_rows(
+        self,
+        cursor: Cursor,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        *,
+        pg_types: Sequence[str],
+        suffix: str = "",
+    ) -> None:
+        """Insert many rows (then `suffix`, such as an ON CONFLICT clause) in the open transaction.
+
+        PostgreSQL gets one statement over binary arrays, one per column (`pg_types` name their
+        element types), instead of a statement per row: a batch costs one round trip and one
+        plan. SQLite, in the process, gets `executemany`. Rows must not repeat a conflict key.
+        """
+        if not rows:
+            return
+        names = ", ".join(columns)
+        if self.kind == "postgresql":
+            arrays = ", ".join(f"%b::{pg_type}[]" for pg_type in pg_types)
+            cursor.execute(
+                f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {suffix}",
+                [list(column) for column in zip(*rows, strict=True)],
+            )
+        else:
+            values = ", ".join(["%s"] * len(columns))
+            cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({values}) {suffix}", rows)
+
     def _connect_sqlite(self) -> sqlite3.Connection:
         if self._sqlite is None:
             if self.target.sqlite_path is None:
