@@ -219,11 +219,6 @@ class IngestService:
         except PersistenceError as error:
             log.info("snapshots not written", accounts=len(snapshots), error=str(error))
 
-    def evict(self, account_ids: Iterable[str]) -> None:
-        """Forget cached accounts (after a failed commit their memory is ahead of the store)."""
-        for account_id in account_ids:
-            self._cache.pop(account_id, None)
-
     def clear(self) -> None:
         """Forget every cached account and every held batch (the store is the truth again)."""
         self._cache.clear()
