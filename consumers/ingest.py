@@ -6,6 +6,13 @@ keys and the Kafka position (offset + 1) in one database transaction. The stored
 kept under `payments.inbound:<topic id>:<partition>`, so a recreated topic (new id) starts from
 its beginning under a new name; a stored position beyond a partition's high watermark means the
 same, and is read from the start too. Both are logged as warnings, never skipped silently.
+
+No message can stall a partition. A batch that fails for a reason that is not an outage
+(`ledger.outages.is_outage`) is narrowed down: its halves are prepared and committed on their
+own, recursively, until the one message that fails alone (twice) is found; that message is
+dead-lettered as `unprocessable` with the error as its reason, its offset is committed past, and
+the partition goes on. An outage still retries the whole batch with back-off. If even a commit
+of no events fails, the fault is not one message's: the worker stops (IngestFailed).
 """
 
 from __future__ import annotations
@@ -15,24 +22,21 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from eventsourcing.persistence import (
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-    Tracking,
-)
+from eventsourcing.persistence import IntegrityError, Tracking
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
+from consumers.dead_letters import DeadLetterSender
 from ledger import limits
 from ledger.ingest import DeadLetter, InboundMessage, IngestService, PreparedBatch
-from ledger.kafka.clients import ResilientProducer, make_consumer
+from ledger.kafka.clients import ProducerFailed, ProducerStopped, ResilientProducer, make_consumer
 from ledger.kafka.topics import PAYMENTS_INBOUND, PAYMENTS_INBOUND_DLQ, TopicWatcher
-from ledger.persistence.database import DatabaseUnavailable
+from ledger.outages import is_outage
+from ledger.schemas.inbound import InboundRejected, parse_inbound
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +63,8 @@ class _InFlight:
     batch: PreparedBatch
     tracking: Tracking
     partition: int
+    messages: list[InboundMessage] = field(default_factory=list)
+    """What the batch was prepared from: narrowed down if its commit fails on bad data."""
 
 
 def tracking_name(topic: str, topic_id: str, partition: int, generation: str = "") -> str:
@@ -66,18 +72,16 @@ def tracking_name(topic: str, topic_id: str, partition: int, generation: str = "
     return f"{topic}:{topic_id}{generation}:{partition}"
 
 
-def dead_letter_headers(dead_letter: DeadLetter) -> list[tuple[str, bytes]]:
-    """The original headers plus why the message was refused and where it came from."""
-    message = dead_letter.message
-    reason = " ".join(dead_letter.reason.split())[:500]
-    return [
-        *message.headers,
-        ("error_kind", dead_letter.kind.encode()),
-        ("error_reason", reason.encode()),
-        ("source_topic", message.topic.encode()),
-        ("source_partition", str(message.partition).encode()),
-        ("source_offset", str(message.offset).encode()),
-    ]
+def _unprocessable(message: InboundMessage, error: BaseException) -> DeadLetter:
+    """The dead letter of a message that failed alone, naming it where it parses."""
+    account_id = event_id = None
+    try:
+        fact = parse_inbound(message.value)
+        account_id, event_id = fact.account_id, fact.event_id
+    except (InboundRejected, Exception):  # only a best effort at naming it in the log
+        pass
+    reason = f"unprocessable: {type(error).__name__}: {error}"
+    return DeadLetter(message, "unprocessable", reason, account_id, event_id)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -114,6 +118,7 @@ class IngestConsumer:
         self.bootstrap = bootstrap
         self.service = service
         self.dead_letters = dead_letters
+        self.dead_letter_sender = DeadLetterSender(dead_letters, dlq_topic)
         self.group_id = group_id
         self.stop = stop
         self.topic = topic
@@ -126,6 +131,8 @@ class IngestConsumer:
         self.applied = 0
         self.dead_lettered = 0
         self.duplicates = 0
+        self.set_aside = 0
+        """Messages dead-lettered as `unprocessable` after their batch was narrowed down."""
         # Commit in a writer thread while the next batch is prepared, where the database lets a
         # commit run without holding the GIL (see InboundKeyRecorder.commits_concurrently).
         self.pipelined = (
@@ -300,8 +307,8 @@ class IngestConsumer:
         if not messages:
             return True
         batch = self._prepare(topic_partition, messages)
-        if batch is None:
-            return False
+        if not isinstance(batch, PreparedBatch):
+            return batch
         self._send_dead_letters(batch.dead_letters, state)
         if not self.settle():
             return False
@@ -317,25 +324,32 @@ class IngestConsumer:
                 future.set_result(None)
             except Exception as error:  # settled (and classified) just below
                 future.set_exception(error)
-        self._in_flight = _InFlight(future, batch, tracking, topic_partition.partition)
+        self._in_flight = _InFlight(future, batch, tracking, topic_partition.partition, messages)
         return self._writer is not None or self.settle()
 
     def _prepare(
         self, topic_partition: TopicPartition, messages: list[InboundMessage]
-    ) -> PreparedBatch | None:
-        """The prepared batch, retrying database outages; None if a rewind made it stale."""
+    ) -> PreparedBatch | bool:
+        """The prepared batch, retrying outages; else whether the poll may go on.
+
+        False: a failed commit rewound everything, the rest of the poll is stale. True: the
+        batch failed on bad data and has been narrowed down and committed message by message.
+        """
         backoff_s = limits.backoff_initial_s
         while True:
             try:
                 return self.service.prepare(messages)
-            except (OperationalError, InterfaceError, DatabaseUnavailable) as error:
+            except Exception as error:
                 # A read failed part-way: cached accounts may hold part of the batch. Settle the
                 # commit in flight first: if it failed, the partitions were read back from their
                 # stored positions and these messages may no longer follow on from them.
                 if not self.settle():
-                    return None
+                    return False
                 self.service.clear()
-                backoff_s = self._wait_for_database(error, topic_partition.partition, backoff_s)
+                if not is_outage(error):
+                    self._isolate(topic_partition.partition, messages, error)
+                    return True
+                backoff_s = self._wait_out(error, topic_partition.partition, backoff_s)
 
     def settle(self, *, wait: bool = True) -> bool:
         """Wait for the commit in flight (if any); False if it failed and everything rewound.
@@ -349,18 +363,21 @@ class IngestConsumer:
         try:
             in_flight.future.result()
         except IntegrityError as error:
-            self._conflict(in_flight, error)
+            self._conflict(in_flight.tracking, in_flight.partition, error)
             self._rewind()
             return False
-        except (OperationalError, InterfaceError, DatabaseUnavailable) as error:
-            self._wait_for_database(error, in_flight.partition, limits.backoff_initial_s)
+        except Exception as error:
+            if is_outage(error):
+                self._wait_out(error, in_flight.partition, limits.backoff_initial_s)
+                self._rewind()
+                return False
+            # Bad data the database refused: everything prepared since is stale; find the one.
             self._rewind()
+            self._isolate(in_flight.partition, in_flight.messages, error)
             return False
         self.service.release(in_flight.batch)
         self._conflicts = 0
-        self.applied += in_flight.batch.applied
-        self.duplicates += in_flight.batch.duplicates
-        self.dead_lettered += len(in_flight.batch.dead_letters)
+        self._count(in_flight.batch)
         log.debug(
             "batch committed",
             topic=self.topic,
@@ -370,33 +387,42 @@ class IngestConsumer:
         )
         return True
 
-    def _conflict(self, in_flight: _InFlight, error: IntegrityError) -> None:
-        """Log a refused commit; give up after too many version conflicts in a row."""
-        tracking = in_flight.tracking
+    def _count(self, batch: PreparedBatch) -> None:
+        self.applied += batch.applied
+        self.duplicates += batch.duplicates
+        self.dead_lettered += len(batch.dead_letters)
+
+    def _conflict(self, tracking: Tracking, partition: int, error: IntegrityError) -> bool:
+        """Log a refused commit; True if it was committed already (by another consumer).
+
+        Otherwise a version conflict: waits a jittered back-off, and gives up (IngestFailed)
+        after too many in a row.
+        """
         recorder = self.service.store.process_recorder
         if recorder.has_tracking_id(tracking.application_name, tracking.notification_id):
             log.info(
                 "batch already committed elsewhere",
                 topic=self.topic,
-                partition=in_flight.partition,
+                partition=partition,
                 position=tracking.notification_id,
             )
-            return
+            return True
         self._conflicts += 1
         if self._conflicts > limits.batch_retry_max:
             raise IngestFailed(
-                f"{self.topic}[{in_flight.partition}] batch ending at offset"
+                f"{self.topic}[{partition}] batch ending at offset"
                 f" {tracking.notification_id - 1}: {self._conflicts} conflicts, last: {error}"
             ) from error
         log.warning(
             "version conflict: reloading accounts and re-applying the batch",
             topic=self.topic,
-            partition=in_flight.partition,
+            partition=partition,
             attempt=self._conflicts,
             error=str(error),
         )
         # Jittered back-off, so two writers of one account stop colliding in lock step.
         self.stop.wait(random.uniform(0, limits.conflict_backoff_s * 2**self._conflicts))
+        return False
 
     def _rewind(self) -> None:
         """Forget what was prepared; read every owned partition again from its stored position."""
@@ -416,15 +442,18 @@ class IngestConsumer:
                     else:
                         consumer.seek(topic_partition, state.position)
                 return
-            except (OperationalError, InterfaceError, DatabaseUnavailable) as error:
-                backoff_s = self._wait_for_database(error, None, backoff_s)
+            except Exception as error:
+                if not is_outage(error):
+                    raise
+                backoff_s = self._wait_out(error, None, backoff_s)
 
-    def _wait_for_database(
-        self, error: Exception, partition: int | None, backoff_s: float
-    ) -> float:
-        """Log, back off (re-raising `error` if stopped meanwhile); the next back-off."""
+    def _wait_out(self, error: Exception, partition: int | None, backoff_s: float) -> float:
+        """Log an outage, back off (re-raising `error` if stopped meanwhile); the next back-off."""
+        database = not isinstance(error, KafkaError | ProducerFailed)
         log.warning(
-            "database unavailable: retrying the batch",
+            "database unavailable: retrying the batch"
+            if database
+            else "broker unavailable: retrying the batch",
             topic=self.topic,
             partition=partition,
             retry_in_s=backoff_s,
@@ -433,6 +462,112 @@ class IngestConsumer:
         if self.stop.wait(backoff_s):
             raise error
         return min(backoff_s * 2, limits.backoff_max_s)
+
+    def _isolate(self, partition: int, messages: list[InboundMessage], error: Exception) -> None:
+        """Commit `messages` in ever smaller parts until the failing one is found and set aside.
+
+        Runs in line (no commit in flight: the caller has settled); the partition is then read
+        on from its new stored position.
+        """
+        state = self.partitions.get(partition)
+        if state is None:  # revoked meanwhile: its new owner does this
+            return
+        log.warning(
+            "batch failed for a reason that is not an outage: narrowing it down",
+            topic=self.topic,
+            partition=partition,
+            first_offset=messages[0].offset,
+            last_offset=messages[-1].offset,
+            error_type=type(error).__name__,
+            error=str(error),
+        )
+        self._narrow(state, partition, messages, error)
+        if self.consumer is not None and state.position is not None:
+            self.consumer.seek(TopicPartition(self.topic, partition), state.position)
+
+    def _narrow(
+        self,
+        state: PartitionState,
+        partition: int,
+        messages: list[InboundMessage],
+        error: Exception | None,
+    ) -> None:
+        """Commit `messages` (known to fail when `error` is set), else each half on its own."""
+        floor = state.position or 0
+        messages = [message for message in messages if message.offset + 1 > floor]
+        if not messages:
+            return
+        if error is None:
+            error = self._commit_now(state, partition, messages)
+            if error is None:
+                return
+        if len(messages) > 1:
+            middle = len(messages) // 2
+            self._narrow(state, partition, messages[:middle], None)
+            self._narrow(state, partition, messages[middle:], None)
+            return
+        for _ in range(limits.message_attempts_max - 1):
+            error = self._commit_now(state, partition, messages)
+            if error is None:
+                return
+        self._set_aside(state, partition, messages[0], error)
+
+    def _commit_now(
+        self,
+        state: PartitionState,
+        partition: int,
+        messages: list[InboundMessage],
+        letters: Sequence[DeadLetter] = (),
+    ) -> Exception | None:
+        """Prepare and commit `messages` in line, riding out outages; the error if it failed.
+
+        With no messages, commits only the position past `letters` (sent first).
+        """
+        last_offset = (messages or [letter.message for letter in letters])[-1].offset
+        tracking = Tracking(state.tracking_name, last_offset + 1)
+        backoff_s = limits.backoff_initial_s
+        while True:
+            batch = PreparedBatch()
+            try:
+                if messages:
+                    batch = self.service.prepare(messages)
+                self._send_dead_letters([*batch.dead_letters, *letters], state)
+                self.service.commit(batch, tracking)
+            except (IngestFailed, ProducerStopped):
+                raise
+            except IntegrityError as error:
+                self.service.clear()
+                if self._conflict(tracking, partition, error):
+                    state.position = self.service.store.process_recorder.max_tracking_id(
+                        state.tracking_name
+                    )
+                    return None
+                continue
+            except Exception as error:
+                self.service.clear()
+                if not is_outage(error):
+                    return error
+                backoff_s = self._wait_out(error, partition, backoff_s)
+                continue
+            state.position = tracking.notification_id
+            self._conflicts = 0
+            self._count(batch)
+            return None
+
+    def _set_aside(
+        self, state: PartitionState, partition: int, message: InboundMessage, error: Exception
+    ) -> None:
+        """Dead-letter a message that failed alone and commit the position past it."""
+        letter = _unprocessable(message, error)
+        failure = self._commit_now(state, partition, [], [letter])
+        if failure is not None:
+            raise IngestFailed(
+                f"{self.topic}[{partition}] offset {message.offset} failed alone"
+                f" ({type(error).__name__}: {error}), and so did a commit of its position"
+                f" without it ({type(failure).__name__}: {failure}): not one message's fault"
+            ) from failure
+        self.set_aside += 1
+        self.dead_lettered += 1
 
     def _send_dead_letters(self, dead_letters: Sequence[DeadLetter], state: PartitionState) -> None:
         """Send and flush the batch's dead letters, each offset once while the partition is ours.
@@ -444,24 +579,5 @@ class IngestConsumer:
         ]
         if not fresh:
             return
-        for letter in fresh:
-            message = letter.message
-            self.dead_letters.send(
-                self.dlq_topic,
-                key=message.key,
-                value=message.value,
-                headers=dead_letter_headers(letter),
-            )
-            log.warning(
-                "message dead-lettered",
-                account_id=letter.account_id
-                or (message.key.decode("utf-8", "replace") if message.key else None),
-                event_id=letter.event_id,
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
-                error_kind=letter.kind,
-                error_reason=letter.reason,
-            )
-        self.dead_letters.flush()
+        self.dead_letter_sender.send(fresh)
         state.dead_lettered_through = fresh[-1].message.offset

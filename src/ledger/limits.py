@@ -3,6 +3,10 @@
 # Inbound and command messages.
 message_bytes_max = 64 * 1024
 """A Kafka message value larger than this is dead-lettered as `too_large` before parsing."""
+broker_message_bytes_max = 1024 * 1024
+"""The largest record the ledger assumes a broker accepts: Apache Kafka's default
+`message.max.bytes` (1,048,588 bytes) rounded down. Tansu 0.6.0 has no such limit (it took and
+served a 30 MB record), so a processor can hand us more than we can pass on unchanged."""
 json_depth_max = 32
 """JSON nested deeper than this is refused as a contract error."""
 identifier_chars_max = 128
@@ -74,8 +78,15 @@ producer_flush_slice_s = 0.25
 """A flush waits in slices of this length, checking for a stop request between them."""
 producer_close_timeout_s = 1.0
 """How long closing a broken producer may wait for its in-flight requests."""
-producer_request_bytes_max = 1024 * 1024
-"""Largest produce request and record: above any message we consume, so any can be dead-lettered."""
+producer_request_bytes_max = broker_message_bytes_max
+"""Largest produce request and record (kafka `max_request_size`): what the broker accepts."""
+consumer_partition_fetch_bytes_max = broker_message_bytes_max
+"""Bytes one fetch returns per partition (kafka `max_partition_fetch_bytes`). A larger record
+still arrives, alone in its fetch, so an oversized message is dead-lettered, never stuck."""
+consumer_fetch_bytes_max = 16 * broker_message_bytes_max
+"""Bytes one fetch returns over all partitions (kafka `fetch_max_bytes`)."""
+producer_linger_ms = 5
+"""How long a producer waits to fill a batch before sending it (kafka `linger_ms`)."""
 producer_batch_bytes_max = 256 * 1024
 """Bytes a producer gathers per partition batch before sending it."""
 producer_pending_max = 100_000
@@ -84,6 +95,15 @@ producer_pending_max = 100_000
 # Dead letters.
 reason_chars_max = 300
 """Longest one-line `error_reason` of a refused message (longer reasons are cut with "...")."""
+dead_letter_headers_bytes_max = 16 * 1024
+"""Room kept for a dead letter's headers: the reasons we add plus the message's own headers.
+Original headers larger than this are left off a dead letter (a header says so)."""
+dead_letter_excerpt_bytes_max = 64 * 1024
+"""A message too large to dead-letter unchanged is sent as its first this many bytes (and the
+first this many of its key), with headers giving its full size and SHA-256."""
+message_attempts_max = 2
+"""Tries of one message alone, after its batch failed for a reason that is not an outage,
+before it is dead-lettered as `unprocessable` (a second try rules out a passing fault)."""
 
 # Runtime.
 gc_gen0_threshold = 50_000

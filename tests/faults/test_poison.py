@@ -240,3 +240,38 @@ def test_balance_minor_max(store: EventStore) -> None:
     ]
     assert "balance_minor_max" in batch.dead_letters[0].reason
     assert account(store, "L").balances["cash"] == fits * limits.amount_minor_max
+
+
+TEXT_FIELDS = st.sampled_from(["event_id", "processor", "payment_id", "invoice_id", "method"])
+
+
+@settings(
+    max_examples=max_examples(default=40),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(field=TEXT_FIELDS, text=st.text(min_size=1, max_size=30), ascii_escapes=st.booleans())
+def test_arbitrary_unicode_is_applied_or_dead_lettered_alike_on_both_backends(
+    store: EventStore, field: str, text: str, ascii_escapes: bool
+) -> None:
+    """Any text in a payment's text fields: applied, or refused as a contract error.
+
+    Both backends must agree: PostgreSQL cannot store NUL, so what it would fail on at commit
+    must be refused by the contract before either backend sees it.
+    """
+    service = IngestService(store, policy=POLICY, clock=CLOCK)
+    name = f"U{next(_names)}"
+    ingest(service, [opened(f"{name}-open", name)])
+    document = orjson.loads(payment(f"{name}-pay", name, 250))
+    document[field] = text if field != "event_id" else f"{name}-{text}"
+    raw = json.dumps(document, ensure_ascii=ascii_escapes).encode()
+    batch, _ = ingest(service, [raw])
+    check_dead_letters(batch)
+    if batch.dead_letters:
+        assert [letter.kind for letter in batch.dead_letters] == ["contract"]
+        assert account(store, name).balances.get("cash", 0) == 0
+        return
+    assert batch.applied == 1
+    reloaded = account(store, name)
+    assert reloaded.balances["cash"] == 250
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text)

@@ -507,3 +507,61 @@ def test_fuzz_truncated_and_spliced_events(
 ) -> None:
     message = raw(document)
     check_parse_outcome(message[:cut] + noise + message[cut:])
+
+
+# --- what text may hold ------------------------------------------------------------------------
+
+IDENTIFIER_FIELDS = [
+    ("payment.received", "event_id"),
+    ("payment.received", "processor"),
+    ("payment.received", "account_id"),
+    ("payment.received", "payment_id"),
+    ("payment.received", "invoice_id"),
+    ("payment.received", "method"),
+    ("account.opened", "customer_id"),
+    ("refund.failed", "refund_id"),
+    ("dispute.opened", "dispute_id"),
+]
+
+
+@pytest.mark.parametrize(("event_type", "field"), IDENTIFIER_FIELDS)
+@pytest.mark.parametrize("control", ["\u0000", "\u0007", "\t", "\n", "\u007f", "\u0085"])
+def test_identifiers_refuse_control_characters(event_type: str, field: str, control: str) -> None:
+    error = rejected(raw(event(event_type, **{field: f"id{control}x"})))
+    assert error.kind == "contract"
+    assert f"{field}: Input should hold no control character, found U+{ord(control):04X} at 2" in (
+        error.reason
+    )
+
+
+@pytest.mark.parametrize("whitespace", ["\t", "\n", "\r\n"])
+def test_free_text_keeps_tabs_and_newlines(whitespace: str) -> None:
+    reason = f"card{whitespace}expired"
+    parsed = parse_inbound(raw(event("refund.failed", reason=reason)))
+    assert isinstance(parsed, RefundFailedIn) and parsed.reason == reason
+
+
+@pytest.mark.parametrize("control", ["\u0000", "\u001b", "\u009b"])
+def test_free_text_refuses_other_control_characters(control: str) -> None:
+    error = rejected(raw(event("dispute.opened", reason=f"not{control}received")))
+    assert error.kind == "contract" and error.reason.startswith("contract: reason: ")
+
+
+def test_identifiers_keep_other_unicode() -> None:
+    parsed = parse_inbound(raw(event(event_id="évt-é-😀-\u200b", payment_id="支払い-1")))
+    assert isinstance(parsed, PaymentReceivedIn)
+    assert (parsed.event_id, parsed.payment_id) == ("évt-é-😀-\u200b", "支払い-1")
+
+
+@settings(max_examples=max_examples(), suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(IDENTIFIER_FIELDS), st.text(max_size=40))
+def test_fuzz_arbitrary_unicode_in_identifiers(where: tuple[str, str], text: str) -> None:
+    event_type, field = where
+    message = raw(event(event_type, **{field: text}))
+    check_parse_outcome(message)
+    try:
+        parsed = parse_inbound(message)
+    except InboundRejected:
+        return
+    assert getattr(parsed, field) == text
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text)

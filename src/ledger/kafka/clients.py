@@ -53,7 +53,7 @@ def make_producer(bootstrap: str, *, client_id: str = "ledger-producer") -> Kafk
         client_id=client_id,
         enable_idempotence=True,
         acks="all",
-        linger_ms=5,
+        linger_ms=limits.producer_linger_ms,
         batch_size=limits.producer_batch_bytes_max,
         max_request_size=limits.producer_request_bytes_max,
         max_block_ms=limits.producer_send_block_timeout_ms,
@@ -73,6 +73,8 @@ def make_consumer(bootstrap: str, *, group_id: str | None, client_id: str) -> Ka
         auto_offset_reset="earliest",
         fetch_max_wait_ms=limits.fetch_max_wait_ms,
         max_poll_records=limits.poll_records_max,
+        max_partition_fetch_bytes=limits.consumer_partition_fetch_bytes_max,
+        fetch_max_bytes=limits.consumer_fetch_bytes_max,
         session_timeout_ms=limits.consumer_session_timeout_ms,
         heartbeat_interval_ms=limits.consumer_session_timeout_ms // 3,
         bootstrap_timeout_ms=limits.client_bootstrap_timeout_ms,
@@ -81,6 +83,14 @@ def make_consumer(bootstrap: str, *, group_id: str | None, client_id: str) -> Ka
 
 class ProducerFailed(Exception):
     """A batch could not be delivered even through rebuilt producers; nothing of it is certain."""
+
+
+class MessageRefused(ProducerFailed):
+    """Kafka refused a message itself (too large, invalid): re-sending it cannot help.
+
+    The unflushed batch is dropped from the producer: the caller knows what it sent and decides
+    what to send instead (the dead-letter sender sends each letter alone to find the one).
+    """
 
 
 class ProducerStopped(Exception):
@@ -163,8 +173,11 @@ class ResilientProducer:
                 return
             if isinstance(error, _HOPELESS_ERRORS):
                 self._discard_producer()
-                raise ProducerFailed(
-                    f"Kafka refused a message of the batch, retrying cannot help: {error!r}"
+                refused = len(self._pending)
+                self._pending.clear()
+                raise MessageRefused(
+                    f"Kafka refused a message of a batch of {refused}, retrying cannot help:"
+                    f" {error!r}"
                 ) from error
             rebuilds += 1
             if rebuilds > limits.producer_retry_max:
@@ -194,7 +207,7 @@ class ResilientProducer:
         except kafka_errors.KafkaError as error:
             if isinstance(error, _HOPELESS_ERRORS):
                 self._pending.remove(message)
-                raise
+                raise MessageRefused(f"Kafka refused the message: {error!r}") from error
             self._broken = error
 
     def _flush_once(self) -> kafka_errors.KafkaError | None:

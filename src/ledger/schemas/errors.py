@@ -5,6 +5,16 @@ from __future__ import annotations
 from typing import Literal
 
 ErrorKind = Literal[
-    "not_json", "contract", "unknown_account", "domain_rule", "unauthorized", "too_large"
+    "not_json",
+    "contract",
+    "unknown_account",
+    "domain_rule",
+    "unauthorized",
+    "too_large",
+    "unprocessable",
 ]
-"""Every dead-letter `error_kind` (DESIGN.md, "Topics (the wire contract)")."""
+"""Every dead-letter `error_kind` (DESIGN.md, "Topics (the wire contract)").
+
+`unprocessable` is ours: the message passed every check, yet applying or storing it failed for
+a reason that is not an outage, alone and again (the reason names the error). It is set aside so
+that the partition moves on; it is a bug to report, not a processor's mistake."""

@@ -62,6 +62,10 @@ _RFC3339_TIMESTAMP: Final = re.compile(
     r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
 _RFC3339_DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_CONTROL_CHARACTER: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""Unicode's control characters (category Cc: C0, DEL, C1): never in an identifier."""
+_CONTROL_CHARACTER_IN_TEXT: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+"""The control characters free text may not hold: all but tab, line feed and carriage return."""
 
 
 def _require_timestamp(value: Any) -> Any:
@@ -79,6 +83,25 @@ def _require_date(value: Any) -> Any:
     return value
 
 
+def _refuse_control(pattern: re.Pattern[str], value: str) -> str:
+    found = pattern.search(value)
+    if found is not None:
+        raise PydanticCustomError(
+            "control_character",
+            "Input should hold no control character, found U+{code} at {index}",
+            {"code": f"{ord(found.group()):04X}", "index": found.start()},
+        )
+    return value
+
+
+def _no_control(value: str) -> str:
+    return _refuse_control(_CONTROL_CHARACTER, value)
+
+
+def _no_control_but_whitespace(value: str) -> str:
+    return _refuse_control(_CONTROL_CHARACTER_IN_TEXT, value)
+
+
 def _check_currency(code: str) -> str:
     if code not in ISO_4217_CODES:
         shown = repr(code) if len(code) <= 8 else repr(code[:8]) + "..."
@@ -90,11 +113,24 @@ def _check_currency(code: str) -> str:
     return code
 
 
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=limits.identifier_chars_max)]
-Text = Annotated[str, StringConstraints(min_length=1, max_length=limits.text_chars_max)]
+# Text goes into both backends alike: PostgreSQL cannot store NUL in text at all, so the contract
+# refuses control characters everywhere (free text keeps tab and newlines) rather than letting
+# SQLite accept what PostgreSQL would fail on at commit.
+Identifier = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=limits.identifier_chars_max),
+    AfterValidator(_no_control),
+]
+Text = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=limits.text_chars_max),
+    AfterValidator(_no_control_but_whitespace),
+]
 Currency = Annotated[str, AfterValidator(_check_currency)]
 Jurisdiction = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")]
-PaymentMethod = Annotated[str, StringConstraints(min_length=1, max_length=32)]
+PaymentMethod = Annotated[
+    str, StringConstraints(min_length=1, max_length=32), AfterValidator(_no_control)
+]
 Timestamp = Annotated[AwareDatetime, Strict(False), BeforeValidator(_require_timestamp)]
 Date = Annotated[dt.date, Strict(False), BeforeValidator(_require_date)]
 
