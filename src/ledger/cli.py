@@ -295,7 +295,7 @@ def publish(
     """Send each line as it is to payments.inbound (key: its account_id where it has one)."""
     from rich.progress import Progress
 
-    from ledger.kafka.clients import ResilientProducer
+    from ledger.kafka.clients import MessageRefused, ResilientProducer
     from ledger.kafka.topics import PAYMENTS_INBOUND, ensure_topics
     from ledger.schemas.inbound import inbound_account_id
 
@@ -311,20 +311,29 @@ def publish(
     ensure_topics(bootstrap, settings.partitions)
     producer = ResilientProducer(bootstrap)
     sent = 0
+    refused: list[int] = []
     try:
         with Progress(console=stderr, transient=True) as progress:
             task = progress.add_task("publishing", total=None)
-            for raw_line in stream:
+            for number, raw_line in enumerate(stream, start=1):
                 line = raw_line.rstrip(b"\r\n")
                 if not line:
                     continue
                 account_id = inbound_account_id(line)
-                producer.send(
-                    PAYMENTS_INBOUND,
-                    key=account_id.encode() if account_id else None,
-                    value=line,
-                    headers=[],
-                )
+                try:
+                    producer.send(
+                        PAYMENTS_INBOUND,
+                        key=account_id.encode() if account_id else None,
+                        value=line,
+                        headers=[],
+                    )
+                except MessageRefused:
+                    say(
+                        f"line {number} not sent: {len(line)} bytes, above the"
+                        f" {limits.producer_request_bytes_max} bytes a message may hold"
+                    )
+                    refused.append(number)
+                    continue
                 sent += 1
                 if sent % limits.poll_records_max == 0:
                     producer.flush()
@@ -335,9 +344,11 @@ def publish(
         if stream is not sys.stdin.buffer:
             stream.close()
     if json_output:
-        print_json({"published": sent, "topic": PAYMENTS_INBOUND})
+        print_json({"published": sent, "topic": PAYMENTS_INBOUND, "refused_lines": refused})
     else:
         stderr.print(f"published {sent} messages to {PAYMENTS_INBOUND} at {bootstrap}")
+    if refused:
+        raise Refused(f"{len(refused)} line(s) too large to publish: {refused[:10]}")
 
 
 @app.command()
