@@ -24,7 +24,6 @@ from typing import Any, NamedTuple
 
 import structlog
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import PersistenceError, StoredEvent, Tracking
 
 from ledger import limits
@@ -205,7 +204,8 @@ class IngestService:
         }
         mapper = self.store.mapper
         return [
-            mapper.to_stored_event(Snapshot.take(batch.accounts[account_id])) for account_id in due
+            mapper.to_stored_event(Account.Snapshot.take(batch.accounts[account_id]))
+            for account_id in due
         ]
 
     def _write_snapshots(self, snapshots: list[StoredEvent]) -> None:

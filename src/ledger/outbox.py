@@ -8,18 +8,20 @@ message carries the same `ce_id` each time so downstream can de-duplicate.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
 
 import orjson
 import structlog
 from eventsourcing.persistence import Notification
 
+from ledger.domain.event_names import OVERPAYMENT_DETECTED
 from ledger.kafka.clients import ResilientProducer
 from ledger.kafka.topics import LEDGER_EVENTS, LEDGER_NOTIFICATIONS
 from ledger.persistence.database import Database
-from ledger.persistence.mapper import decode_state
-from ledger.persistence.positions import POSITIONS_DDL, read_position, write_position
+from ledger.persistence.mapper import current_state
+from ledger.persistence.positions import read_position, write_position
 from ledger.public_events import cloudevent_headers, public_event
 
 log = structlog.get_logger(__name__)
@@ -39,6 +41,23 @@ def notification_request(public: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Route:
+    """A message that an event sends besides itself on `ledger.events`."""
+
+    topic: str
+    message: Callable[[dict[str, Any]], dict[str, Any]]
+    """Builds the message's JSON from the event's public JSON."""
+    id_field: str
+    """The message field that is its `ce_id` (the same each time it is sent)."""
+
+
+ROUTES: Final[dict[str, tuple[Route, ...]]] = {
+    OVERPAYMENT_DETECTED: (Route(LEDGER_NOTIFICATIONS, notification_request, "notification_id"),),
+}
+"""Which events send what beyond `ledger.events` (every event goes there), by stable name."""
+
+
 class OutboxRelay:
     """Sends stored events to Kafka and records how far it got."""
 
@@ -54,8 +73,6 @@ class OutboxRelay:
         self.notifications = notifications
         self.database = database
         self.producer = producer
-        with database.transaction() as cursor:
-            cursor.execute(POSITIONS_DDL)
 
     def position(self) -> int:
         """The last notification id known to be acknowledged by the broker."""
@@ -65,25 +82,27 @@ class OutboxRelay:
     def handle(self, notifications: Sequence[Notification]) -> None:
         """Publish a batch, wait for every acknowledgement, then record the position."""
         for notification in notifications:
-            state = decode_state(notification.state)
+            state = current_state(notification.topic, notification.state)
             public = public_event(notification, state)
             key = str(public["account_id"]).encode()
             headers = cloudevent_headers(notification, public)
             self.producer.send(LEDGER_EVENTS, key=key, value=orjson.dumps(public), headers=headers)
-            if self.notifications and public["type"] == "overpayment_detected":
-                request = notification_request(public)
+            if not self.notifications:
+                continue
+            for route in ROUTES.get(public["type"], ()):
+                message = route.message(public)
                 self.producer.send(
-                    LEDGER_NOTIFICATIONS,
+                    route.topic,
                     key=key,
-                    value=orjson.dumps(request),
-                    headers=[("ce_id", request["notification_id"].encode()), *headers[1:]],
+                    value=orjson.dumps(message),
+                    headers=[("ce_id", str(message[route.id_field]).encode()), *headers[1:]],
                 )
                 log.info(
-                    "notification requested",
+                    "message routed",
                     account_id=public["account_id"],
-                    overpayment_id=public["overpayment_id"],
-                    amount_minor=public["amount_minor"],
-                    currency=public["currency"],
+                    event_type=public["type"],
+                    topic=route.topic,
+                    ce_id=message[route.id_field],
                 )
         self.producer.flush()
         with self.database.transaction() as cursor:

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
 from eventsourcing.persistence import Notification
 
-from ledger.persistence.mapper import decode_state
+from ledger.domain.event_names import event_name
+from ledger.persistence.mapper import current_state
 
-_INTERNAL_FIELDS = frozenset({"timestamp", "originator_topic", "postings"})
-
-_SPECIAL_NAMES = {"Opened": "account_opened"}
+_INTERNAL_FIELDS = frozenset({"timestamp", "originator_topic", "postings", "class_version"})
 
 
-@lru_cache(maxsize=256)
 def event_type_name(topic: str) -> str:
-    """The public snake-case name of a stored event topic (`...:Account.PaymentReceived`)."""
-    class_name = topic.rsplit(".", 1)[-1].rsplit(":", 1)[-1]
-    if class_name in _SPECIAL_NAMES:
-        return _SPECIAL_NAMES[class_name]
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", class_name).lower()
+    """The public name of a stored event topic (`payment_received`); UnknownEventType if none."""
+    return event_name(topic)
 
 
 def public_postings(state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -51,7 +44,7 @@ def occurred_at(state: dict[str, Any]) -> str:
 def public_event(notification: Notification, state: dict[str, Any] | None = None) -> dict[str, Any]:
     """The domain event as the public JSON published on `ledger.events`."""
     if state is None:
-        state = decode_state(notification.state)
+        state = current_state(notification.topic, notification.state)
     data = public_data(state)
     return {
         "type": event_type_name(notification.topic),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -69,12 +69,29 @@ def natural_balance(ledger_account: str, debit_minus_credit_minor: int) -> int:
     return -debit_minus_credit_minor
 
 
+Movement = tuple[str, str, int]
+"""A posting as (debit ledger account, credit ledger account, amount in minor units)."""
+
+
+def add_movements(balances: MutableMapping[str, int], movements: Iterable[Movement]) -> None:
+    """Move debits-minus-credits balances in place: the one place that walks debit and credit.
+
+    The aggregate, the read models and the as-of query all move balances through this.
+    """
+    for debit, credit, amount_minor in movements:
+        balances[debit] = balances.get(debit, 0) + amount_minor
+        balances[credit] = balances.get(credit, 0) - amount_minor
+
+
+def movements(postings: Iterable[Posting]) -> Iterable[Movement]:
+    """The movements of postings (a generator: nothing is copied)."""
+    return ((p.debit, p.credit, p.amount_minor) for p in postings)
+
+
 def apply_postings(balances: Mapping[str, int], postings: Iterable[Posting]) -> dict[str, int]:
     """Balances (debits minus credits per ledger account) after the postings."""
     result = dict(balances)
-    for posting in postings:
-        result[posting.debit] = result.get(posting.debit, 0) + posting.amount_minor
-        result[posting.credit] = result.get(posting.credit, 0) - posting.amount_minor
+    add_movements(result, movements(postings))
     return result
 
 

@@ -1,4 +1,13 @@
-"""A fast JSON mapper for the event store: orjson on the way in, our value types on the way out."""
+"""A fast JSON mapper for the event store: orjson on the way in, our value types on the way out.
+
+It runs the library's versioning steps, as the library's own `Mapper` does: an event class with
+`class_version` N > 1 is stored with `"class_version": N`, and a stored state of an older version
+goes through the class's `upcast_vK_vK+1(state)` static methods before it becomes an event.
+Upcasters see the stored JSON values (ISO strings, lists of posting dicts). A snapshot's
+aggregate state is upcast by the aggregate class's methods when the snapshot is applied
+(the library's `Snapshot.mutate`). Topics resolve through the library's registry, which holds
+our stable names and the legacy module paths (`ledger.domain.event_names`).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +21,10 @@ from eventsourcing.domain import DomainEventProtocol, Snapshot
 from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent
 from eventsourcing.utils import get_topic, resolve_topic
 
+from ledger.domain import event_names
 from ledger.domain.postings import Posting
+
+event_names.register_legacy_topics()  # rows stored under module paths resolve to today's classes
 
 _DATETIME_FIELDS = ("timestamp",)
 _SNAPSHOT_DATETIME_FIELDS = ("_created_on", "_modified_on")
@@ -35,6 +47,27 @@ def decode_state(state: bytes) -> dict[str, Any]:
     return decoded
 
 
+def _class_version(cls: type[Any]) -> int:
+    version: int = getattr(cls, "class_version", 1)
+    return version
+
+
+def _upcast(cls: type[Any], state: dict[str, Any]) -> None:
+    """Bring a stored state up to the class's version, one upcaster at a time (in place)."""
+    version = state.pop("class_version", 1)
+    target = _class_version(cls)
+    while version < target:
+        getattr(cls, f"upcast_v{version}_v{version + 1}")(state)
+        version += 1
+
+
+def current_state(topic: str, state: bytes) -> dict[str, Any]:
+    """A stored event's JSON, upcast to its class's current version (for relays, projections)."""
+    decoded = decode_state(state)
+    _upcast(_resolve(topic), decoded)
+    return decoded
+
+
 class OrjsonMapper(Mapper[UUID]):
     """Stores events as clean JSON; events hold only str, int, tuples of postings and timestamps."""
 
@@ -43,6 +76,9 @@ class OrjsonMapper(Mapper[UUID]):
         state = dict(vars(domain_event))
         originator_id = state.pop("originator_id")
         originator_version = state.pop("originator_version")
+        class_version = _class_version(type(domain_event))
+        if class_version > 1:
+            state["class_version"] = class_version
         return StoredEvent(
             originator_id=originator_id,
             originator_version=originator_version,
@@ -59,6 +95,7 @@ class OrjsonMapper(Mapper[UUID]):
         cls = _resolve(stored_event.topic)
         try:
             state = decode_state(stored_event.state)
+            _upcast(cls, state)
             for name in _DATETIME_FIELDS:
                 state[name] = datetime.fromisoformat(state[name])
             postings = state.get("postings")
@@ -69,7 +106,7 @@ class OrjsonMapper(Mapper[UUID]):
                 for name in _SNAPSHOT_DATETIME_FIELDS:
                     if name in inner:
                         inner[name] = datetime.fromisoformat(inner[name])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
             raise MapperDeserialisationError(
                 f"cannot decode {stored_event.topic} {stored_event.originator_id}"
                 f" v{stored_event.originator_version}: {error}"
