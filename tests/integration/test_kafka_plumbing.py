@@ -25,6 +25,7 @@ from ledger.kafka.broker import (
     resolve_bootstrap,
 )
 from ledger.kafka.clients import (
+    MessageRefused,
     ProducerStopped,
     ResilientProducer,
     check_crc32c,
@@ -150,13 +151,14 @@ def test_resilient_producer_survives_broker_restart(fresh_broker: EmbeddedBroker
 def test_resilient_producer_refuses_an_oversized_message_at_once(broker: EmbeddedBroker) -> None:
     producer = ResilientProducer(broker.bootstrap)
     try:
-        with pytest.raises(MessageSizeTooLargeError):
+        with pytest.raises(MessageRefused) as refused:
             producer.send(
                 unique_topic("big"),
                 key=b"k",
                 value=b"x" * (limits.producer_request_bytes_max + 1),
                 headers=[],
             )
+        assert isinstance(refused.value.__cause__, MessageSizeTooLargeError)
         assert producer.pending == 0
     finally:
         producer.close()
