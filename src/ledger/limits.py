@@ -25,6 +25,8 @@ poll_timeout_ms = 100
 fetch_max_wait_ms = 20
 """How long the broker may hold a fetch for more data: short, for latency."""
 consumer_session_timeout_ms = 6000
+read_topic_idle_ms = 1500
+"""`read_topic` (the demo's and the tests' reader) stops after this long with nothing new."""
 topic_check_interval_s = 5.0
 """How often a consumer re-checks topic ids and high watermarks for recreated topics."""
 batch_retry_max = 8
@@ -49,12 +51,29 @@ query_wait_timeout_s = 30.0
 """Default bound on `--wait` for a query to see the latest position."""
 history_page_max = 100_000
 """Most events one `ledger history` call returns."""
+sqlite_in_chunk_max = 500
+"""Values per `IN (...)` query on SQLite (its own limit is far above; keeps plans small)."""
+postgres_connect_timeout_s = 5
+"""How long opening a PostgreSQL connection may take before it counts as an outage."""
+postgres_lock_timeout_s = 10
+"""Longest wait of an event-store write for the events table's lock (eventsourcing's
+`POSTGRES_LOCK_TIMEOUT`): one writer per account makes long waits a sign of a second writer."""
+postgres_idle_in_transaction_timeout_s = 30
+"""A session idle inside a transaction this long is ended by the server (the library's default
+of 5 s is too short for a batch prepared while its commit is in flight)."""
+postgres_pool_size = 2
+"""Event-store connections one process keeps open (a worker writes from one thread and reads
+from one other at most)."""
+postgres_pool_overflow_max = 2
+"""Connections opened beyond the pool under a burst, closed again after."""
 sqlite_busy_timeout_s = 5.0
 """Longest one SQLite statement waits for another process's write lock. A longer wait fails the
 batch, which the worker's back-off loop retries (and which checks for a stop request between
 tries), so a worker never sits in a lock wait that outlasts its shutdown grace."""
 
 # Processes.
+supervisor_check_interval_s = 0.5
+"""How often `ledger run` (and `ledger broker`) checks its children while waiting for a stop."""
 shutdown_grace_s = 8.0
 """How long `ledger run` waits for a worker to stop after SIGTERM before killing it."""
 worker_restart_max = 20

@@ -119,7 +119,7 @@ class Supervisor:
 
     def run_until(self, stop: threading.Event) -> None:
         """Supervise until `stop` is set."""
-        while not stop.wait(0.5):
+        while not stop.wait(limits.supervisor_check_interval_s):
             self.check()
 
     def stop(self) -> None:

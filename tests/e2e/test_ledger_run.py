@@ -60,7 +60,11 @@ def test_publish_twice_dead_letters_and_outbox(
         for _ in range(2):
             published = run_cli(["publish", str(source), "--json"], env)
             assert published.returncode == 0, published.stderr.decode()
-            assert orjson.loads(published.stdout) == {"published": 8, "topic": "payments.inbound"}
+            assert orjson.loads(published.stdout) == {
+                "published": 8,
+                "topic": "payments.inbound",
+                "refused_lines": [],
+            }
         expected = natural(expected_balances(good))
         assert expected["A"] == {"cash": 15_000, "customer_credit": 3_000, "revenue": 12_000}
         wait_for(lambda: read_balances(database_url, ["A", "B"]) == expected, "balances")

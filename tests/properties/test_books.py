@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from ledger.clock import FixedClock
 from ledger.domain.account import Account, account_uuid
+from ledger.domain.event_names import INVOICE_ISSUED, PAYMENT_RECEIVED, event_name
 from ledger.domain.policy import Policy
 from ledger.domain.postings import natural_balance
 from ledger.ingest import InboundMessage, IngestService
@@ -84,9 +85,9 @@ def applied_totals(store: EventStore) -> tuple[Counter[str], Counter[str]]:
     billed: Counter[str] = Counter()
     for notification in store.process_recorder.select_notifications(start=0, limit=100_000):
         state = orjson.loads(notification.state)
-        if notification.topic.endswith("PaymentReceived"):
+        if event_name(notification.topic) == PAYMENT_RECEIVED:
             paid[state["account_id"]] += state["amount_minor"]
-        elif notification.topic.endswith("InvoiceIssued"):
+        elif event_name(notification.topic) == INVOICE_ISSUED:
             billed[state["account_id"]] += state["amount_minor"]
     return paid, billed
 

@@ -205,7 +205,9 @@ class TopicWatcher:
                 log.debug("closing admin client failed", error=repr(error))
 
 
-def read_topic(bootstrap: str, topic: str, *, idle_ms: int = 1500) -> list[Any]:
+def read_topic(
+    bootstrap: str, topic: str, *, idle_ms: int = limits.read_topic_idle_ms
+) -> list[Any]:
     """Every record of a topic from its start (assign + seek, no group), until `idle_ms` pass
     with nothing new; none if the topic does not exist (yet). For the demo and tests, not for
     the ledger's own consumers."""
@@ -213,7 +215,7 @@ def read_topic(bootstrap: str, topic: str, *, idle_ms: int = 1500) -> list[Any]:
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         consumer_timeout_ms=idle_ms,
-        fetch_max_wait_ms=50,
+        fetch_max_wait_ms=limits.fetch_max_wait_ms,
     )
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]

@@ -121,7 +121,9 @@ class Database:
     def _connect_postgres(self) -> psycopg.Connection[Any]:
         if self._postgres is None or self._postgres.closed or self._postgres.broken:
             try:
-                self._postgres = psycopg.connect(self.target.conninfo, connect_timeout=5)
+                self._postgres = psycopg.connect(
+                    self.target.conninfo, connect_timeout=limits.postgres_connect_timeout_s
+                )
             except psycopg.OperationalError as error:
                 raise DatabaseUnavailable(f"{self.target.describe()}: {error}") from error
             if self.target.schema:

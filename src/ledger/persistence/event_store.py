@@ -42,10 +42,13 @@ def event_store_env(target: DatabaseTarget, *, create_table: bool) -> dict[str, 
         "POSTGRES_USER": target.user,
         "POSTGRES_PASSWORD": target.password,
         "POSTGRES_SCHEMA": target.schema,
-        "POSTGRES_LOCK_TIMEOUT": "10",
-        "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "30",
-        "POSTGRES_POOL_SIZE": "2",
-        "POSTGRES_MAX_OVERFLOW": "2",
+        "POSTGRES_CONNECT_TIMEOUT": str(limits.postgres_connect_timeout_s),
+        "POSTGRES_LOCK_TIMEOUT": str(limits.postgres_lock_timeout_s),
+        "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": str(
+            limits.postgres_idle_in_transaction_timeout_s
+        ),
+        "POSTGRES_POOL_SIZE": str(limits.postgres_pool_size),
+        "POSTGRES_MAX_OVERFLOW": str(limits.postgres_pool_overflow_max),
         "POSTGRES_PRE_PING": "y",
     }
 

@@ -13,6 +13,8 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
+from ledger import limits
+
 INBOUND_KEYS_TABLE = "ledger_inbound_keys"
 
 
@@ -35,10 +37,6 @@ class InboundKeyRecorder:
     def select_existing_originators(self, originator_ids: Collection[UUID]) -> set[UUID]:
         """The given aggregate ids that have at least one stored event (one query per chunk)."""
         raise NotImplementedError
-
-
-_SQLITE_CHUNK_MAX = 500
-"""Parameters per `IN (...)` query on SQLite (its default limit is far above; keeps plans small)."""
 
 
 class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
@@ -100,8 +98,8 @@ class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
         found: list[str] = []
         ordered = list(values)
         with self.datastore.transaction(commit=False) as c:
-            for start in range(0, len(ordered), _SQLITE_CHUNK_MAX):
-                chunk = ordered[start : start + _SQLITE_CHUNK_MAX]
+            for start in range(0, len(ordered), limits.sqlite_in_chunk_max):
+                chunk = ordered[start : start + limits.sqlite_in_chunk_max]
                 c.execute(f"{query} ({','.join('?' * len(chunk))})", chunk)
                 found.extend(row[0] for row in c.fetchall())
         return found
