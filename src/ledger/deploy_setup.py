@@ -1,7 +1,8 @@
 """`python -m ledger.deploy_setup`: create the topics and the schema once, for a deployment.
 
 Workers never create tables (several processes creating them at once can fail on PostgreSQL),
-so a deployment runs this first, as `ledger run` does on a single machine.
+so a deployment runs this first, as `ledger run` does on a single machine. Preparations of one
+database are serialized (see `ledger.persistence.schema_lock`), so any number may run at once.
 """
 
 from __future__ import annotations
@@ -9,23 +10,21 @@ from __future__ import annotations
 from ledger.kafka.broker import resolve_bootstrap
 from ledger.kafka.topics import ensure_topics
 from ledger.logging import configure_logging
-from ledger.persistence.database import Database
-from ledger.persistence.urls import parse_database_url
+from ledger.persistence.urls import DatabaseTarget, parse_database_url
 from ledger.settings import Settings, load_settings
 from ledger.storage import prepare_schema
 from projections import balances
 
 
+def prepare_database(target: DatabaseTarget) -> None:
+    """Create every table the workers and queries use: event store, positions, read models."""
+    prepare_schema(target, balances.SCHEMA)
+
+
 def prepare_deployment(bootstrap: str, settings: Settings) -> None:
     """Create the topics (explicit partition counts) and every table, once."""
     ensure_topics(bootstrap, settings.partitions)
-    target = parse_database_url(settings.database_url)
-    prepare_schema(target)
-    database = Database(target)
-    try:
-        balances.create_tables(database)
-    finally:
-        database.close()
+    prepare_database(parse_database_url(settings.database_url))
 
 
 def main() -> None:

@@ -49,6 +49,10 @@ sqlite_busy_timeout_s = 5.0
 """Longest one SQLite statement waits for another process's write lock. A longer wait fails the
 batch, which the worker's back-off loop retries (and which checks for a stop request between
 tries), so a worker never sits in a lock wait that outlasts its shutdown grace."""
+database_connect_timeout_s = 5
+"""Longest wait for a new PostgreSQL connection (libpq takes whole seconds)."""
+schema_lock_wait_max_s = 60.0
+"""Longest one schema preparation waits for another process's to finish (advisory lock)."""
 
 # Processes.
 shutdown_grace_s = 8.0
