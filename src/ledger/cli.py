@@ -383,7 +383,9 @@ def run() -> None:
     _stop_on_signals(stop)
     supervisor = Supervisor(settings)
     try:
-        supervisor.start()
+        supervisor.start(stop)
+        if stop.is_set():
+            return
         stderr.print(
             f"ledger running: broker {supervisor.bootstrap},"
             f" database {parse_database_url(settings.database_url).describe()}; Ctrl-C stops"

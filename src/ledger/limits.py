@@ -60,6 +60,9 @@ shutdown_grace_s = 8.0
 worker_restart_max = 20
 """Restarts of a crashed worker before `ledger run` gives up and exits."""
 broker_start_timeout_s = 30.0
+start_attempts_max = 8
+"""Tries of `ledger run`'s start (topics and schema) through an outage or a race, with back-off
+from `backoff_initial_s` doubling up to `backoff_max_s` (about 16 s of waiting) before it exits."""
 
 # Kafka clients and the embedded broker (added with the Kafka plumbing).
 broker_stop_timeout_s = 6.0
