@@ -53,6 +53,9 @@ database_connect_timeout_s = 5
 """Longest wait for a new PostgreSQL connection (libpq takes whole seconds)."""
 schema_lock_wait_max_s = 60.0
 """Longest one schema preparation waits for another process's to finish (advisory lock)."""
+sqlite_quiescent_read_attempts_max = 5
+"""Tries of a query on a SQLite file that nobody had open, read as immutable, when a writer
+changed the file during the read (the next try reads through the writer's WAL)."""
 
 # Processes.
 shutdown_grace_s = 8.0

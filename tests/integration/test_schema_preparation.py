@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
-import traceback
-from multiprocessing.queues import Queue
-from multiprocessing.synchronize import Barrier
 
 import psycopg
 import pytest
 from structlog.testing import capture_logs
 
 from ledger import limits
-from ledger.deploy_setup import prepare_database, prepare_deployment_patiently
+from ledger.deploy_setup import prepare_deployment_patiently
 from ledger.kafka.broker import EmbeddedBroker
 from ledger.persistence.schema_lock import SCHEMA_LOCK_KEY, SchemaLockTimeout
 from ledger.persistence.urls import parse_database_url
 from ledger.settings import Settings
 from projections import balances
 from tests.e2e.harness import wait_for
+from tests.preparers import prepare_at_once
 
 PREPARERS = 8
 WAIT_S = 120.0
@@ -32,34 +29,6 @@ EXPECTED_TABLES = {
     "ledger_positions",
     *balances.TABLES,
 }
-
-
-def _prepare_together(database_url: str, barrier: Barrier, outcomes: Queue[str]) -> None:
-    """In a child process: wait for every other preparer, then prepare the schema."""
-    try:
-        target = parse_database_url(database_url)
-        barrier.wait(timeout=WAIT_S)
-        prepare_database(target)
-        outcomes.put("ok")
-    except BaseException:
-        outcomes.put(traceback.format_exc())
-
-
-def prepare_at_once(database_url: str, processes: int) -> list[str]:
-    """Run `processes` schema preparations released at the same moment; their outcomes."""
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(processes)
-    outcomes: Queue[str] = context.Queue()
-    children = [
-        context.Process(target=_prepare_together, args=(database_url, barrier, outcomes))
-        for _ in range(processes)
-    ]
-    for child in children:
-        child.start()
-    results = [outcomes.get(timeout=WAIT_S) for _ in children]
-    for child in children:
-        child.join(timeout=WAIT_S)
-    return results
 
 
 def _public_tables(database_url: str) -> set[str]:
