@@ -22,6 +22,7 @@ from ledger.persistence.positions import (
     reset_position,
     write_position,
 )
+from ledger.persistence.schema_lock import schema_lock
 from ledger.public_events import event_type_name, public_data, public_postings
 
 NAME = "balances"
@@ -62,6 +63,12 @@ DDL = (
     " data TEXT NOT NULL, postings TEXT NOT NULL)",
     f"CREATE INDEX IF NOT EXISTS {HISTORY_INDEX} ON rm_history (account_id, version)",
 )
+SCHEMA = (
+    *DDL,
+    f"INSERT INTO ledger_positions (name, position) VALUES ('{POSITION_NAME}', 0)"
+    " ON CONFLICT (name) DO NOTHING",
+)
+"""The tables, the index and the projection's position row: what a schema preparation runs."""
 
 
 def _epoch_us(moment: datetime) -> int:
@@ -71,18 +78,15 @@ def _epoch_us(moment: datetime) -> int:
 def create_tables(database: Database) -> None:
     """Create the read-model tables and the projection's position row if missing."""
     with database.transaction() as cursor:
-        for statement in DDL:
+        for statement in SCHEMA:
             cursor.execute(statement)
-        cursor.execute(
-            "INSERT INTO ledger_positions (name, position) VALUES (%s, 0) "
-            "ON CONFLICT (name) DO NOTHING",
-            (POSITION_NAME,),
-        )
 
 
 def finish_rebuild(database: Database) -> None:
     """Build what `clear` dropped for the rebuild (the history index), once it has caught up."""
-    create_tables(database)
+    # Under the schema lock: a `ledger run` starting meanwhile creates the same index.
+    with schema_lock(database.target):
+        create_tables(database)
 
 
 def clear(database: Database) -> None:
@@ -90,8 +94,9 @@ def clear(database: Database) -> None:
 
     The per-account history index is dropped too: a rebuild appends history in position order,
     and building the index once when it is done (`finish_rebuild`) is cheaper than maintaining
-    it row by row. Should the rebuild stop first, `create_tables` (run by every worker's start
-    and by `finish_rebuild`) creates it again; queries are correct without it, only slower.
+    it row by row. Should the rebuild stop first, the next schema preparation (`ledger run`,
+    `python -m ledger.deploy_setup`) or rebuild creates it again; queries are correct without
+    it, only slower.
     """
     with database.transaction() as cursor:
         cursor.execute(f"DROP INDEX IF EXISTS {HISTORY_INDEX}")
@@ -187,8 +192,8 @@ class BalancesProjection:
                 history,
                 pg_types=("bigint", "text", "integer", "text", "text", "bigint", "text", "text"),
             )
-            # An upsert: `ledger run` creates the tables but not this row (only create_tables
-            # does), and a plain UPDATE of a missing row would silently record nothing.
+            # An upsert: a schema prepared from `DDL` alone (the bench) has no row for it, and
+            # a plain UPDATE of a missing row would silently record nothing.
             write_position(cursor, POSITION_NAME, fresh[-1].id)
 
     def _lock_position(self, cursor: Cursor) -> int:

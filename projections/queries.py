@@ -1,4 +1,8 @@
-"""Queries over the balances read model; each answer names the position it reflects."""
+"""Queries over the balances read model; each answer names the position it reflects.
+
+Queries only read, so they work through a read-only `Database`. A read model that has not been
+created yet (nothing has prepared the schema) reads as empty: no account, position 0.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ import orjson
 from ledger.domain.postings import LedgerAccount, natural_balance
 from ledger.persistence.database import Cursor, Database
 from ledger.persistence.positions import read_position
-from projections.balances import POSITION_NAME
+from projections.balances import POSITION_NAME, TABLES
+
+READ_MODEL_TABLES = ("ledger_positions", *TABLES)
 
 
 class NotFound(LookupError):
@@ -22,12 +28,22 @@ def _epoch_us(moment: datetime) -> int:
 
 
 def position(database: Database) -> int:
-    """The notification id the balances read model reflects."""
-    with database.read() as cursor:
+    """The notification id the balances read model reflects (0 before it exists)."""
+
+    def read(cursor: Cursor) -> int:
+        if not database.has_tables(cursor, ("ledger_positions",)):
+            return 0
         return read_position(cursor, POSITION_NAME)
 
+    return database.query(read)
 
-def _account_currency(cursor: Cursor, account_id: str) -> str:
+
+def _check_account(database: Database, cursor: Cursor, account_id: str) -> str:
+    """The account's currency; NotFound if the read model has no such account (or no tables)."""
+    if not database.has_tables(cursor, READ_MODEL_TABLES):
+        raise NotFound(
+            f"unknown account {account_id!r} (no read model yet: has `ledger run` started?)"
+        )
     cursor.execute("SELECT currency FROM rm_accounts WHERE account_id = %s", (account_id,))
     row = cursor.fetchone()
     if row is None:
@@ -37,8 +53,9 @@ def _account_currency(cursor: Cursor, account_id: str) -> str:
 
 def balance(database: Database, account_id: str, *, at: datetime | None = None) -> dict[str, Any]:
     """Every ledger balance of one account on its natural side, now or as of `at`."""
-    with database.read() as cursor:
-        currency = _account_currency(cursor, account_id)
+
+    def read(cursor: Cursor) -> tuple[str, dict[str, int], int]:
+        currency = _check_account(database, cursor, account_id)
         raw: dict[str, int] = {}
         if at is None:
             cursor.execute(
@@ -56,7 +73,9 @@ def balance(database: Database, account_id: str, *, at: datetime | None = None) 
                 for posting in orjson.loads(postings_json):
                     raw[posting["debit"]] = raw.get(posting["debit"], 0) + posting["amount"]
                     raw[posting["credit"]] = raw.get(posting["credit"], 0) - posting["amount"]
-        reflected = read_position(cursor, POSITION_NAME)
+        return currency, raw, read_position(cursor, POSITION_NAME)
+
+    currency, raw, reflected = database.query(read)
     answer: dict[str, Any] = {"account_id": account_id, "currency": currency}
     for ledger_account in LedgerAccount:
         answer[ledger_account.value] = natural_balance(ledger_account, raw.get(ledger_account, 0))
@@ -68,13 +87,17 @@ def balance(database: Database, account_id: str, *, at: datetime | None = None) 
 
 def trial_balance(database: Database) -> dict[str, Any]:
     """Sums per ledger account and currency (debits minus credits); each currency totals 0."""
-    with database.read() as cursor:
+
+    def read(cursor: Cursor) -> tuple[list[Any], int]:
+        if not database.has_tables(cursor, READ_MODEL_TABLES):
+            return [], 0
         cursor.execute(
             "SELECT currency, ledger_account, SUM(debit_minus_credit) FROM rm_balances"
             " GROUP BY currency, ledger_account ORDER BY currency, ledger_account"
         )
-        rows = cursor.fetchall()
-        reflected = read_position(cursor, POSITION_NAME)
+        return cursor.fetchall(), read_position(cursor, POSITION_NAME)
+
+    rows, reflected = database.query(read)
     currencies: dict[str, dict[str, Any]] = {}
     for currency, ledger_account, amount in rows:
         entry = currencies.setdefault(str(currency), {"accounts": {}, "total": 0})
@@ -85,14 +108,16 @@ def trial_balance(database: Database) -> dict[str, Any]:
 
 def history(database: Database, account_id: str, *, limit: int) -> list[dict[str, Any]]:
     """The account's domain events in order, with their postings."""
-    with database.read() as cursor:
-        _account_currency(cursor, account_id)
+
+    def read(cursor: Cursor) -> list[Any]:
+        _check_account(database, cursor, account_id)
         cursor.execute(
             "SELECT version, type, occurred_at, position, data, postings FROM rm_history"
             " WHERE account_id = %s ORDER BY version LIMIT %s",
             (account_id, limit),
         )
-        rows = cursor.fetchall()
+        return cursor.fetchall()
+
     return [
         {
             "version": int(version),
@@ -102,5 +127,5 @@ def history(database: Database, account_id: str, *, limit: int) -> list[dict[str
             "data": orjson.loads(data),
             "postings": orjson.loads(postings),
         }
-        for version, type_name, occurred_at, row_position, data, postings in rows
+        for version, type_name, occurred_at, row_position, data, postings in database.query(read)
     ]

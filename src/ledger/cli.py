@@ -27,10 +27,11 @@ from ledger import limits
 from ledger.domain.policy import PolicyError
 from ledger.kafka.broker import BrokerUnavailable, EmbeddedBroker, is_listening, resolve_bootstrap
 from ledger.logging import configure_logging
-from ledger.persistence.database import DatabaseUnavailable
+from ledger.persistence.database import Database, DatabaseUnavailable
+from ledger.persistence.event_store import latest_position
 from ledger.persistence.urls import DatabaseUrlError, parse_database_url
 from ledger.settings import Settings, load_settings
-from ledger.storage import Storage, open_storage, prepare_schema
+from ledger.storage import Storage, open_storage
 from projections import balances as balances_projection
 from projections import queries
 
@@ -80,22 +81,33 @@ def print_json(document: Any) -> None:
     sys.stdout.flush()
 
 
-def open_for_query(settings: Settings) -> Storage:
-    """Open storage for a query (creating empty tables on first use)."""
+def open_for_query(settings: Settings) -> Database:
+    """A read-only connection for a query: it creates nothing and writes nothing."""
     try:
         target = parse_database_url(settings.database_url)
-        prepare_schema(target, balances_projection.DDL)
     except DatabaseUrlError as error:
         raise Refused(str(error)) from error
+    return Database(target, read_only=True)
+
+
+def open_for_writing(settings: Settings) -> Storage:
+    """Storage for a command that writes (rebuild, republish), its schema prepared first."""
+    from ledger.deploy_setup import prepare_database
+
+    try:
+        target = parse_database_url(settings.database_url)
+    except DatabaseUrlError as error:
+        raise Refused(str(error)) from error
+    prepare_database(target)
     return open_storage(settings)
 
 
-def wait_for_read_model(storage: Storage, timeout_s: float) -> None:
+def wait_for_read_model(database: Database, timeout_s: float) -> None:
     """Block until the read model reflects the event store's latest notification."""
-    latest = storage.store.process_recorder.max_notification_id() or 0
+    latest = latest_position(database)
     deadline = time.monotonic() + timeout_s
     delay_s = 0.01
-    while queries.position(storage.database) < latest:
+    while queries.position(database) < latest:
         if time.monotonic() > deadline:
             raise Refused(
                 f"the read model did not reach position {latest} within {timeout_s:g}s:"
@@ -106,17 +118,17 @@ def wait_for_read_model(storage: Storage, timeout_s: float) -> None:
 
 
 @contextmanager
-def query_storage(*, wait: bool, timeout_s: float) -> Iterator[Storage]:
-    """Storage for one query: optionally waits for the read model; unknown accounts refused."""
-    storage = open_for_query(settings_and_logging())
+def query_database(*, wait: bool, timeout_s: float) -> Iterator[Database]:
+    """The database for one query: optionally waits for the read model; unknown accounts refused."""
+    database = open_for_query(settings_and_logging())
     try:
         if wait:
-            wait_for_read_model(storage, timeout_s)
-        yield storage
+            wait_for_read_model(database, timeout_s)
+        yield database
     except queries.NotFound as error:
         raise Refused(str(error)) from error
     finally:
-        storage.close()
+        database.close()
 
 
 def _money_table(title: str, rows: list[tuple[str, Any]]) -> Table:
@@ -139,8 +151,8 @@ def balance(
     """Balances of one account (optionally as of a past time)."""
     if at is not None and at.tzinfo is None:
         raise Refused("--at needs a timestamp with an offset, e.g. 2026-11-25T10:00:00Z")
-    with query_storage(wait=wait, timeout_s=timeout) as storage:
-        answer = queries.balance(storage.database, account, at=at)
+    with query_database(wait=wait, timeout_s=timeout) as database:
+        answer = queries.balance(database, account, at=at)
     if json_output:
         print_json(answer)
     else:
@@ -155,8 +167,8 @@ def history(
     timeout: TimeoutOption = limits.query_wait_timeout_s,
 ) -> None:
     """The account's domain events in order, with their postings."""
-    with query_storage(wait=wait, timeout_s=timeout) as storage:
-        events = queries.history(storage.database, account, limit=limits.history_page_max)
+    with query_database(wait=wait, timeout_s=timeout) as database:
+        events = queries.history(database, account, limit=limits.history_page_max)
     if json_output:
         print_json(events)
         return
@@ -184,8 +196,8 @@ def trial_balance(
     timeout: TimeoutOption = limits.query_wait_timeout_s,
 ) -> None:
     """Sums per ledger account and currency; each currency's total is 0."""
-    with query_storage(wait=wait, timeout_s=timeout) as storage:
-        answer = queries.trial_balance(storage.database)
+    with query_database(wait=wait, timeout_s=timeout) as database:
+        answer = queries.trial_balance(database)
     if json_output:
         print_json(answer)
         return
@@ -212,7 +224,7 @@ def projections_rebuild(
     if name not in (None, balances_projection.NAME):
         raise Refused(f"unknown projection {name!r}; known: {balances_projection.NAME}")
     settings = settings_and_logging()
-    storage = open_for_query(settings)
+    storage = open_for_writing(settings)
     started = time.monotonic()
     try:
         balances_projection.clear(storage.database)
@@ -260,7 +272,7 @@ def republish(
         raise Refused("--from must be a position of 1 or more")
     settings = settings_and_logging()
     bootstrap = _bootstrap(settings)
-    storage = open_for_query(settings)
+    storage = open_for_writing(settings)
     producer = ResilientProducer(bootstrap)
     name = f"republish:{time.time_ns()}"
     try:
@@ -394,7 +406,9 @@ def run() -> None:
     _stop_on_signals(stop)
     supervisor = Supervisor(settings)
     try:
-        supervisor.start()
+        supervisor.start(stop)
+        if stop.is_set():
+            return
         stderr.print(
             f"ledger running: broker {supervisor.bootstrap},"
             f" database {parse_database_url(settings.database_url).describe()}; Ctrl-C stops"

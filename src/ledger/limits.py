@@ -53,8 +53,6 @@ history_page_max = 100_000
 """Most events one `ledger history` call returns."""
 sqlite_in_chunk_max = 500
 """Values per `IN (...)` query on SQLite (its own limit is far above; keeps plans small)."""
-postgres_connect_timeout_s = 5
-"""How long opening a PostgreSQL connection may take before it counts as an outage."""
 postgres_lock_timeout_s = 10
 """Longest wait of an event-store write for the events table's lock (eventsourcing's
 `POSTGRES_LOCK_TIMEOUT`): one writer per account makes long waits a sign of a second writer."""
@@ -70,6 +68,13 @@ sqlite_busy_timeout_s = 5.0
 """Longest one SQLite statement waits for another process's write lock. A longer wait fails the
 batch, which the worker's back-off loop retries (and which checks for a stop request between
 tries), so a worker never sits in a lock wait that outlasts its shutdown grace."""
+database_connect_timeout_s = 5
+"""Longest wait for a new PostgreSQL connection (libpq takes whole seconds)."""
+schema_lock_wait_max_s = 60.0
+"""Longest one schema preparation waits for another process's to finish (advisory lock)."""
+sqlite_quiescent_read_attempts_max = 5
+"""Tries of a query on a SQLite file that nobody had open, read as immutable, when a writer
+changed the file during the read (the next try reads through the writer's WAL)."""
 
 # Processes.
 supervisor_check_interval_s = 0.5
@@ -79,6 +84,9 @@ shutdown_grace_s = 8.0
 worker_restart_max = 20
 """Restarts of a crashed worker before `ledger run` gives up and exits."""
 broker_start_timeout_s = 30.0
+start_attempts_max = 8
+"""Tries of `ledger run`'s start (topics and schema) through an outage or a race, with back-off
+from `backoff_initial_s` doubling up to `backoff_max_s` (about 16 s of waiting) before it exits."""
 
 # Kafka clients and the embedded broker (added with the Kafka plumbing).
 broker_stop_timeout_s = 6.0

@@ -1,8 +1,8 @@
 """`ledger run`: one supervisor for every process on a single machine.
 
-It uses (or starts) the broker, creates the topics and the schema once, then starts each worker
-as a child process that dies with it (parent-death signal), restarts a worker that crashes, and
-stops them all on SIGINT/SIGTERM.
+It uses (or starts) the broker, creates the topics and the schema once (retrying through an
+outage or a race with back-off), then starts each worker as a child process that dies with it
+(parent-death signal), restarts a worker that crashes, and stops them all on SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from ledger import limits
-from ledger.deploy_setup import prepare_deployment
+from ledger.deploy_setup import prepare_deployment_patiently
 from ledger.kafka.broker import EmbeddedBroker, is_listening, set_parent_death_signal
 from ledger.policy_file import load_policy
 from ledger.settings import Settings
@@ -66,8 +66,11 @@ class Supervisor:
         self.bootstrap = ""
         self.children: dict[str, _Child] = {}
 
-    def start(self) -> None:
-        """Broker, topics, schema, then every worker."""
+    def start(self, stop: threading.Event | None = None) -> None:
+        """Broker, topics, schema (retried through outages), then every worker.
+
+        A stop requested while the start waits to retry ends it before any worker starts.
+        """
         # A bad policy file fails here, once, with its reason; not in every worker, repeatedly.
         load_policy(self.settings.policy)
         if self.settings.kafka_bootstrap:
@@ -81,7 +84,9 @@ class Supervisor:
                 self.broker.start()
                 log.info("embedded broker started (messages in memory only)", port=port)
             self.bootstrap = f"127.0.0.1:{port}"
-        prepare_deployment(self.bootstrap, self.settings)
+        if not prepare_deployment_patiently(self.bootstrap, self.settings, stop):
+            log.info("stop requested during the start: no worker started")
+            return
         for name in self.worker_names:
             self.children[name] = _Child(name, self._spawn(name))
         log.info("ledger running", bootstrap=self.bootstrap, workers=list(self.worker_names))

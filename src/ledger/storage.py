@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ledger.persistence.database import Database
 from ledger.persistence.event_store import EventStore, open_event_store
 from ledger.persistence.positions import POSITIONS_DDL
+from ledger.persistence.schema_lock import schema_lock
 from ledger.persistence.urls import DatabaseTarget, parse_database_url
 from ledger.settings import Settings
 
@@ -25,18 +27,24 @@ class Storage:
         self.store.close()
 
 
-def prepare_schema(target: DatabaseTarget, extra_ddl: tuple[str, ...] = ()) -> None:
-    """Create every table once, before any worker starts (workers never create tables)."""
-    store = open_event_store(target, create_table=True)
-    store.close()
-    database = Database(target)
-    try:
-        with database.transaction() as cursor:
-            cursor.execute(POSITIONS_DDL)
-            for statement in extra_ddl:
-                cursor.execute(statement)
-    finally:
-        database.close()
+def prepare_schema(target: DatabaseTarget, read_model_schema: Sequence[str] = ()) -> None:
+    """Create every table once, before any worker starts (workers never create tables).
+
+    Holds the schema lock throughout, so any number of processes may prepare one database at
+    once: the first creates, the others wait and find everything there. Our own tables and
+    `read_model_schema` go in one transaction, so a reader sees all of them or none.
+    """
+    with schema_lock(target):
+        store = open_event_store(target, create_table=True)
+        store.close()
+        database = Database(target)
+        try:
+            with database.transaction() as cursor:
+                cursor.execute(POSITIONS_DDL)
+                for statement in read_model_schema:
+                    cursor.execute(statement)
+        finally:
+            database.close()
 
 
 def open_storage(settings: Settings, *, create_table: bool = False) -> Storage:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ledger import limits
-from ledger.persistence.database import Database, DatabaseUnavailable
+from ledger.persistence.database import Cursor, Database, DatabaseUnavailable
 from ledger.persistence.urls import parse_database_url
 
 
@@ -42,3 +42,52 @@ def test_other_sqlite_errors_are_not_disguised_as_outages(tmp_path: Path) -> Non
     with pytest.raises(sqlite3.OperationalError, match="no such table"), database.read() as cursor:
         cursor.execute("SELECT * FROM missing")
     database.close()
+
+
+def _sqlite_table_of_one_row(path: Path) -> Database:
+    """A SQLite file with table t holding 1, every connection to it closed; its writer."""
+    writer = Database(parse_database_url(f"sqlite:///{path}"))
+    with writer.transaction() as cursor:
+        cursor.execute("CREATE TABLE t (n INTEGER)")
+        cursor.execute("INSERT INTO t VALUES (1)")
+    writer.close()
+    assert not Path(f"{path}-wal").exists()
+    return writer
+
+
+def test_read_only_sqlite_read_is_retried_when_a_writer_arrives_during_it(tmp_path: Path) -> None:
+    path = tmp_path / "quiet.db"
+    writer = _sqlite_table_of_one_row(path)
+    reader = Database(parse_database_url(f"sqlite:///{path}"), read_only=True)
+    seen: list[list[tuple[int]]] = []
+
+    def read(cursor: Cursor) -> list[tuple[int]]:
+        cursor.execute("SELECT n FROM t ORDER BY n")
+        rows = cursor.fetchall()
+        seen.append(rows)
+        if len(seen) == 1:  # a writer opens the file and commits while the first read runs
+            with writer.transaction() as write:
+                write.execute("INSERT INTO t VALUES (2)")
+        return rows
+
+    try:
+        assert reader.query(read) == [(1,), (2,)]
+        assert seen == [[(1,)], [(1,), (2,)]]
+    finally:
+        writer.close()
+
+
+def test_read_only_sqlite_reads_of_a_file_that_keeps_changing_give_up(tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    writer = _sqlite_table_of_one_row(path)
+    reader = Database(parse_database_url(f"sqlite:///{path}"), read_only=True)
+
+    def read(cursor: Cursor) -> None:
+        cursor.execute("SELECT n FROM t")
+        with writer.transaction() as write:  # a whole writer's life during every read
+            write.execute("INSERT INTO t VALUES (2)")
+        writer.close()
+
+    with pytest.raises(DatabaseUnavailable, match="changed during each of"):
+        reader.query(read)
+    assert not Path(f"{path}-wal").exists()

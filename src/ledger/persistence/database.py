@@ -1,23 +1,35 @@
 """A small SQL adapter for our own tables (read models, positions) on SQLite or PostgreSQL.
 
 SQL is written once with `%s` placeholders; the SQLite adapter turns them into `?`.
+
+A read-only `Database` (for queries) never writes and never creates anything: on PostgreSQL every
+transaction is read-only (a read-only role will do); on SQLite it opens the file read-only, and a
+file that does not exist reads as an empty database.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
 
 import psycopg
 
 from ledger import limits
 from ledger.persistence.urls import DatabaseTarget
 
+T = TypeVar("T")
+
 
 class DatabaseUnavailable(Exception):
     """The database could not be reached, refused the connection or stayed locked too long."""
+
+
+class ReadOnlyDatabase(TypeError):
+    """A write was asked of a read-only `Database` (a bug in the caller, not an outage)."""
 
 
 def _sqlite_busy(error: sqlite3.OperationalError) -> bool:
@@ -63,12 +75,35 @@ class _SQLiteCursor:
         return self._cursor.fetchone()
 
 
+def _sqlite_quiescent_state(path: Path) -> tuple[int, int, int, int] | None:
+    """The file's identity and last change, if no connection writes it; None otherwise.
+
+    In WAL mode the `-wal` file exists exactly while some connection has the database open; a
+    `-journal` is a rollback-mode write in progress (or a crash to recover from).
+    """
+    for suffix in ("-wal", "-journal"):
+        if Path(f"{path}{suffix}").exists():
+            return None
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
 class Database:
     """One connection to the read-model database; use from one thread."""
 
-    def __init__(self, target: DatabaseTarget, *, sqlite_synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self,
+        target: DatabaseTarget,
+        *,
+        sqlite_synchronous: str = "NORMAL",
+        read_only: bool = False,
+    ) -> None:
         self.target = target
         self.sqlite_synchronous = sqlite_synchronous
+        self.read_only = read_only
         self.kind: Literal["sqlite", "postgresql"] = target.kind
         self._sqlite: sqlite3.Connection | None = None
         self._postgres: psycopg.Connection[Any] | None = None
@@ -103,6 +138,8 @@ class Database:
             cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({values}) {suffix}", rows)
 
     def _connect_sqlite(self) -> sqlite3.Connection:
+        if self.read_only:
+            raise ReadOnlyDatabase("a read-only SQLite database is read through query()")
         if self._sqlite is None:
             if self.target.sqlite_path is None:
                 raise ValueError(f"no SQLite path in {self.target.describe()}")
@@ -120,9 +157,13 @@ class Database:
 
     def _connect_postgres(self) -> psycopg.Connection[Any]:
         if self._postgres is None or self._postgres.closed or self._postgres.broken:
+            # A read-only database's session refuses every write, whatever its role may do.
+            options = "-c default_transaction_read_only=on" if self.read_only else ""
             try:
                 self._postgres = psycopg.connect(
-                    self.target.conninfo, connect_timeout=limits.postgres_connect_timeout_s
+                    self.target.conninfo,
+                    connect_timeout=limits.database_connect_timeout_s,
+                    options=options,
                 )
             except psycopg.OperationalError as error:
                 raise DatabaseUnavailable(f"{self.target.describe()}: {error}") from error
@@ -148,6 +189,8 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Cursor]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
+        if self.read_only:
+            raise ReadOnlyDatabase(f"{self.target.describe()} was opened read-only")
         with self._outages():
             if self.kind == "sqlite":
                 connection = self._connect_sqlite()
@@ -182,6 +225,80 @@ class Database:
                 with postgres.transaction(), postgres.cursor() as pg_cursor:
                     pg_cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     yield pg_cursor
+
+    def query(self, read: Callable[[Cursor], T]) -> T:
+        """Run `read` in one read-only snapshot and return its answer."""
+        if self.read_only and self.kind == "sqlite":
+            return self._query_sqlite_file(read)
+        with self.read() as cursor:
+            return read(cursor)
+
+    def has_tables(self, cursor: Cursor, names: Sequence[str]) -> bool:
+        """Whether every named table exists (PostgreSQL names may be schema-qualified)."""
+        if not names:
+            return True
+        if self.kind == "postgresql":
+            cursor.execute(
+                "SELECT count(*) FROM unnest(%s::text[]) AS wanted (name)"
+                " WHERE to_regclass(name) IS NOT NULL",
+                (list(names),),
+            )
+        else:
+            cursor.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                f" AND name IN ({', '.join(['%s'] * len(names))})",
+                names,
+            )
+        return int(cursor.fetchone()[0]) == len(set(names))
+
+    def _query_sqlite_file(self, read: Callable[[Cursor], T]) -> T:
+        """`query` on a SQLite file opened read-only, leaving it and its WAL files as they were.
+
+        Opened plainly read-only, SQLite creates the `-wal` and `-shm` files of a WAL database
+        that nobody has open, and leaves them. So when nobody has it open (no `-wal`), the file
+        is read as immutable (the WAL files untouched), and the answer kept only if the file is
+        still unchanged after the read: a writer that came meanwhile means another try, which
+        then goes through the writer's WAL. With a `-wal` present, the plain read-only
+        connection uses it as any reader does (SQLite may update the `-shm` index, never the
+        database or the log).
+        """
+        path = self.target.sqlite_path
+        if path is None:
+            raise ValueError(f"no SQLite path in {self.target.describe()}")
+        for _ in range(limits.sqlite_quiescent_read_attempts_max):
+            quiescent = _sqlite_quiescent_state(path)
+            if quiescent is not None:
+                uri: str | None = f"{path.as_uri()}?mode=ro&immutable=1"
+            elif path.exists():
+                uri = f"{path.as_uri()}?mode=ro"
+            else:
+                uri = None  # not created yet: read as an empty database, create nothing
+            with self._outages():
+                connection = sqlite3.connect(
+                    uri or ":memory:",
+                    uri=uri is not None,
+                    isolation_level=None,
+                    timeout=limits.sqlite_busy_timeout_s,
+                )
+                try:
+                    cursor = connection.cursor()
+                    cursor.execute("BEGIN")
+                    try:
+                        answer = read(_SQLiteCursor(cursor))
+                    except Exception:
+                        if quiescent is None or _sqlite_quiescent_state(path) == quiescent:
+                            raise
+                        continue
+                    finally:
+                        connection.rollback()
+                finally:
+                    connection.close()
+            if quiescent is None or _sqlite_quiescent_state(path) == quiescent:
+                return answer
+        raise DatabaseUnavailable(
+            f"{self.target.describe()} changed during each of"
+            f" {limits.sqlite_quiescent_read_attempts_max} reads"
+        )
 
     def _drop_postgres(self) -> None:
         if self._postgres is not None:

@@ -9,6 +9,7 @@ from eventsourcing.application import Application
 from eventsourcing.persistence import Mapper, ProcessRecorder
 
 from ledger import limits
+from ledger.persistence.database import Cursor, Database
 from ledger.persistence.mapper import OrjsonMapper
 from ledger.persistence.recorders import InboundKeyRecorder
 from ledger.persistence.urls import DatabaseTarget
@@ -42,7 +43,7 @@ def event_store_env(target: DatabaseTarget, *, create_table: bool) -> dict[str, 
         "POSTGRES_USER": target.user,
         "POSTGRES_PASSWORD": target.password,
         "POSTGRES_SCHEMA": target.schema,
-        "POSTGRES_CONNECT_TIMEOUT": str(limits.postgres_connect_timeout_s),
+        "POSTGRES_CONNECT_TIMEOUT": str(limits.database_connect_timeout_s),
         "POSTGRES_LOCK_TIMEOUT": str(limits.postgres_lock_timeout_s),
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": str(
             limits.postgres_idle_in_transaction_timeout_s
@@ -86,3 +87,29 @@ class EventStore(Application[UUID]):
 def open_event_store(target: DatabaseTarget, *, create_table: bool = False) -> EventStore:
     """Construct the event store for a database target."""
     return EventStore(env=event_store_env(target, create_table=create_table))
+
+
+def events_table(target: DatabaseTarget) -> str:
+    """The event store's table, named as the eventsourcing recorders name it."""
+    if target.kind == "sqlite":
+        return "stored_events"
+    return f'"{target.schema or "public"}"."{APPLICATION_NAME.lower()}_events"'
+
+
+def latest_position(database: Database) -> int:
+    """The event store's latest notification id, read without the library (0: none, no table).
+
+    Queries use this rather than an `EventStore`, whose construction would open the SQLite file
+    for writing (it sets WAL mode) and which has no read-only form.
+    """
+    table = events_table(database.target)
+    notification_id = "rowid" if database.kind == "sqlite" else "notification_id"
+
+    def read(cursor: Cursor) -> int:
+        if not database.has_tables(cursor, (table,)):
+            return 0
+        cursor.execute(f"SELECT MAX({notification_id}) FROM {table}")
+        row = cursor.fetchone()
+        return int(row[0] or 0)
+
+    return database.query(read)

@@ -1,0 +1,102 @@
+"""Schema preparation on a fresh PostgreSQL database: many processes at once, all succeed."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+from structlog.testing import capture_logs
+
+from ledger import limits
+from ledger.deploy_setup import prepare_deployment_patiently
+from ledger.kafka.broker import EmbeddedBroker
+from ledger.persistence.schema_lock import SCHEMA_LOCK_KEY, SchemaLockTimeout
+from ledger.persistence.urls import parse_database_url
+from ledger.settings import Settings
+from projections import balances
+from tests.e2e.harness import wait_for
+from tests.preparers import prepare_at_once
+
+PREPARERS = 8
+WAIT_S = 120.0
+
+EXPECTED_TABLES = {
+    "ledger_events",
+    "ledger_snapshots",
+    "ledger_tracking",
+    "ledger_inbound_keys",
+    "ledger_positions",
+    *balances.TABLES,
+}
+
+
+def _public_tables(database_url: str) -> set[str]:
+    with psycopg.connect(parse_database_url(database_url).conninfo) as connection:
+        rows = connection.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {row[0] for row in rows}
+
+
+def _hold_schema_lock(database_url: str) -> psycopg.Connection[tuple[object, ...]]:
+    """A connection holding the schema lock, as a preparation that takes its time would."""
+    holder = psycopg.connect(parse_database_url(database_url).conninfo, autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+    return holder
+
+
+def test_eight_processes_prepare_a_fresh_database_at_once(postgres_url: str) -> None:
+    outcomes = prepare_at_once(postgres_url, PREPARERS)
+    assert [o for o in outcomes if o != "ok"] == []
+    with psycopg.connect(parse_database_url(postgres_url).conninfo) as connection:
+        position_rows = connection.execute("SELECT name, position FROM ledger_positions").fetchall()
+    assert _public_tables(postgres_url) >= EXPECTED_TABLES
+    assert position_rows == [(balances.POSITION_NAME, 0)]
+
+
+def test_start_retries_with_back_off_until_the_other_preparation_ends(
+    postgres_url: str, broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "schema_lock_wait_max_s", 0.1)
+    monkeypatch.setattr(limits, "backoff_initial_s", 0.05)
+    holder = _hold_schema_lock(postgres_url)
+    outcome: list[bool] = []
+    start = threading.Thread(
+        target=lambda: outcome.append(
+            prepare_deployment_patiently(broker.bootstrap, Settings(database_url=postgres_url))
+        )
+    )
+    with capture_logs() as logs:
+        try:
+            start.start()
+            wait_for(
+                lambda: any(entry["event"] == "start failed: retrying" for entry in logs),
+                "a retried start",
+            )
+            assert _public_tables(postgres_url) == set()
+        finally:
+            holder.close()
+        start.join(timeout=WAIT_S)
+    assert outcome == [True]
+    retries = [entry for entry in logs if entry["event"] == "start failed: retrying"]
+    assert retries[0]["error_type"] == SchemaLockTimeout.__name__
+    assert retries[0]["log_level"] == "warning" and retries[0]["attempt"] == 1
+    assert _public_tables(postgres_url) >= EXPECTED_TABLES
+
+
+def test_start_gives_up_after_its_attempts(
+    postgres_url: str, broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "schema_lock_wait_max_s", 0.1)
+    monkeypatch.setattr(limits, "backoff_initial_s", 0.01)
+    monkeypatch.setattr(limits, "start_attempts_max", 3)
+    holder = _hold_schema_lock(postgres_url)
+    try:
+        with capture_logs() as logs, pytest.raises(SchemaLockTimeout):
+            prepare_deployment_patiently(broker.bootstrap, Settings(database_url=postgres_url))
+    finally:
+        holder.close()
+    assert [(entry["event"], entry["attempt"]) for entry in logs if "attempt" in entry] == [
+        ("start failed: retrying", 1),
+        ("start failed: retrying", 2),
+        ("start failed: giving up", 3),
+    ]
