@@ -6,6 +6,7 @@ so a deployment runs this first, as `ledger run` does on a single machine.
 
 from __future__ import annotations
 
+from ledger import read_models
 from ledger.kafka.broker import resolve_bootstrap
 from ledger.kafka.topics import ensure_topics
 from ledger.logging import configure_logging
@@ -13,7 +14,6 @@ from ledger.persistence.database import Database
 from ledger.persistence.urls import parse_database_url
 from ledger.settings import Settings, load_settings
 from ledger.storage import prepare_schema
-from projections import balances
 
 
 def prepare_deployment(bootstrap: str, settings: Settings) -> None:
@@ -23,7 +23,7 @@ def prepare_deployment(bootstrap: str, settings: Settings) -> None:
     prepare_schema(target)
     database = Database(target)
     try:
-        balances.create_tables(database)
+        read_models.prepare_tables(database)
     finally:
         database.close()
 
