@@ -1,7 +1,10 @@
 """The balances read model: accounts, per-ledger-account balances and each account's history.
 
-It tails the event store's notification log; every batch updates the tables and the projection's
-position in one transaction, so it survives crashes without counting anything twice.
+A projection (`ledger.projection.Projection`): the projections worker feeds it batches from the
+event store's log, and every batch updates one generation of its tables and the projection's
+position in one transaction, so it survives crashes without counting anything twice. It knows
+every event type of the account aggregate: every event goes into the history and its postings
+into the balances, so a type it does not know is one this code has never seen (a newer writer's).
 """
 
 from __future__ import annotations
@@ -14,21 +17,20 @@ from typing import Any
 import orjson
 from eventsourcing.persistence import Notification
 
+from ledger.clock import epoch_us
+from ledger.domain.event_names import ACCOUNT_OPENED, EVENT_CLASSES, event_name
+from ledger.domain.postings import add_movements
 from ledger.persistence.database import Cursor, Database
-from ledger.persistence.mapper import decode_state
-from ledger.persistence.positions import (
-    POSITIONS_DDL,
-    read_position,
-    reset_position,
-    write_position,
-)
-from ledger.persistence.schema_lock import schema_lock
-from ledger.public_events import event_type_name, public_data, public_postings
+from ledger.persistence.mapper import current_state
+from ledger.projection import Generation
+from ledger.public_events import public_data, public_postings
 
 NAME = "balances"
-POSITION_NAME = "projection:balances"
 
-TABLES = ("rm_accounts", "rm_balances", "rm_history")
+ACCOUNTS = "rm_accounts"
+BALANCES = "rm_balances"
+HISTORY = "rm_history"
+TABLES = (ACCOUNTS, BALANCES, HISTORY)
 HISTORY_INDEX = "rm_history_account"
 ACCOUNT_COLUMNS = (
     "account_id",
@@ -49,157 +51,114 @@ HISTORY_COLUMNS = (
     "postings",
 )
 
-DDL = (
-    POSITIONS_DDL,
-    "CREATE TABLE IF NOT EXISTS rm_accounts ("
-    "account_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, kind TEXT NOT NULL,"
-    " jurisdiction TEXT NOT NULL, currency TEXT NOT NULL, opened_position BIGINT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS rm_balances ("
-    "account_id TEXT NOT NULL, ledger_account TEXT NOT NULL, currency TEXT NOT NULL,"
-    " debit_minus_credit BIGINT NOT NULL, PRIMARY KEY (account_id, ledger_account, currency))",
-    "CREATE TABLE IF NOT EXISTS rm_history ("
-    "position BIGINT PRIMARY KEY, account_id TEXT NOT NULL, version INTEGER NOT NULL,"
-    " type TEXT NOT NULL, occurred_at TEXT NOT NULL, occurred_us BIGINT NOT NULL,"
-    " data TEXT NOT NULL, postings TEXT NOT NULL)",
-    f"CREATE INDEX IF NOT EXISTS {HISTORY_INDEX} ON rm_history (account_id, version)",
-)
-SCHEMA = (
-    *DDL,
-    f"INSERT INTO ledger_positions (name, position) VALUES ('{POSITION_NAME}', 0)"
-    " ON CONFLICT (name) DO NOTHING",
-)
-"""The tables, the index and the projection's position row: what a schema preparation runs."""
-
-
-def _epoch_us(moment: datetime) -> int:
-    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
-
-
-def create_tables(database: Database) -> None:
-    """Create the read-model tables and the projection's position row if missing."""
-    with database.transaction() as cursor:
-        for statement in SCHEMA:
-            cursor.execute(statement)
-
-
-def finish_rebuild(database: Database) -> None:
-    """Build what `clear` dropped for the rebuild (the history index), once it has caught up."""
-    # Under the schema lock: a `ledger run` starting meanwhile creates the same index.
-    with schema_lock(database.target):
-        create_tables(database)
-
-
-def clear(database: Database) -> None:
-    """Empty the read model and reset its position, ready for a rebuild.
-
-    The per-account history index is dropped too: a rebuild appends history in position order,
-    and building the index once when it is done (`finish_rebuild`) is cheaper than maintaining
-    it row by row. Should the rebuild stop first, the next schema preparation (`ledger run`,
-    `python -m ledger.deploy_setup`) or rebuild creates it again; queries are correct without
-    it, only slower.
-    """
-    with database.transaction() as cursor:
-        cursor.execute(f"DROP INDEX IF EXISTS {HISTORY_INDEX}")
-        for table in TABLES:
-            cursor.execute(f"DELETE FROM {table}")
-        reset_position(cursor, POSITION_NAME)
-        cursor.execute(
-            "INSERT INTO ledger_positions (name, position) VALUES (%s, 0) "
-            "ON CONFLICT (name) DO NOTHING",
-            (POSITION_NAME,),
-        )
+EVENT_TYPES = frozenset(EVENT_CLASSES)
+"""Every event of the registry: each goes into the history, its postings into the balances."""
 
 
 class BalancesProjection:
-    """Keeps rm_accounts, rm_balances and rm_history up to date."""
+    """Keeps rm_accounts, rm_balances and rm_history (of one generation) up to date."""
 
-    name = NAME
+    name: str = NAME
+    tables: tuple[str, ...] = TABLES
+    event_types: frozenset[str] = EVENT_TYPES
 
-    def __init__(self, database: Database) -> None:
-        self.database = database
+    def create_statements(self, generation: Generation) -> tuple[str, ...]:
+        """The generation's tables."""
+        return (
+            f"CREATE TABLE IF NOT EXISTS {generation.table(ACCOUNTS)} ("
+            "account_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, kind TEXT NOT NULL,"
+            " jurisdiction TEXT NOT NULL, currency TEXT NOT NULL,"
+            " opened_position BIGINT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {generation.table(BALANCES)} ("
+            "account_id TEXT NOT NULL, ledger_account TEXT NOT NULL, currency TEXT NOT NULL,"
+            " debit_minus_credit BIGINT NOT NULL,"
+            " PRIMARY KEY (account_id, ledger_account, currency))",
+            f"CREATE TABLE IF NOT EXISTS {generation.table(HISTORY)} ("
+            "position BIGINT PRIMARY KEY, account_id TEXT NOT NULL, version INTEGER NOT NULL,"
+            " type TEXT NOT NULL, occurred_at TEXT NOT NULL, occurred_us BIGINT NOT NULL,"
+            " data TEXT NOT NULL, postings TEXT NOT NULL)",
+        )
 
-    def position(self) -> int:
-        """The last notification id reflected in the read model."""
-        with self.database.read() as cursor:
-            return read_position(cursor, POSITION_NAME)
+    def index_statements(self, generation: Generation) -> tuple[str, ...]:
+        """The per-account history index, which a rebuild adds once its tables are loaded."""
+        # A rebuild appends history in position order; one index build beats keeping it per row.
+        return (
+            f"CREATE INDEX IF NOT EXISTS {generation.table(HISTORY_INDEX)}"
+            f" ON {generation.table(HISTORY)} (account_id, version)",
+        )
 
-    def handle(self, notifications: Sequence[Notification]) -> None:
-        """Apply a batch of notifications and record the new position, in one transaction."""
-        with self.database.transaction() as cursor:
-            current = self._lock_position(cursor)
-            fresh = [n for n in notifications if n.id > current]
-            if not fresh:
-                return
-            accounts: list[tuple[Any, ...]] = []
-            history: list[tuple[Any, ...]] = []
-            deltas: defaultdict[tuple[str, str, str], int] = defaultdict(int)
-            for notification in fresh:
-                state = decode_state(notification.state)
-                type_name = event_type_name(notification.topic)
-                account_id: str = state["account_id"]
-                if type_name == "account_opened":
-                    accounts.append(
-                        (
-                            account_id,
-                            state["customer_id"],
-                            state["kind"],
-                            state["jurisdiction"],
-                            state["currency"],
-                            notification.id,
-                        )
-                    )
-                for posting in state.get("postings") or ():
-                    amount = posting["amount_minor"]
-                    currency = posting["currency"]
-                    deltas[(account_id, posting["debit"], currency)] += amount
-                    deltas[(account_id, posting["credit"], currency)] -= amount
-                moment = datetime.fromisoformat(state["timestamp"])
-                history.append(
+    def apply(
+        self,
+        database: Database,
+        cursor: Cursor,
+        generation: Generation,
+        notifications: Sequence[Notification],
+    ) -> None:
+        """Write a batch into the generation's tables in the open transaction."""
+        accounts: list[tuple[Any, ...]] = []
+        history: list[tuple[Any, ...]] = []
+        deltas: defaultdict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+        for notification in notifications:
+            state = current_state(notification.topic, notification.state)
+            type_name = event_name(notification.topic)
+            account_id: str = state["account_id"]
+            if type_name == ACCOUNT_OPENED:
+                accounts.append(
                     (
-                        notification.id,
                         account_id,
-                        notification.originator_version,
-                        type_name,
-                        moment.isoformat(),
-                        _epoch_us(moment),
-                        orjson.dumps(public_data(state)).decode(),
-                        orjson.dumps(public_postings(state)).decode(),
+                        state["customer_id"],
+                        state["kind"],
+                        state["jurisdiction"],
+                        state["currency"],
+                        notification.id,
                     )
                 )
-            insert = self.database.insert_rows
-            insert(
-                cursor,
-                "rm_accounts",
-                ACCOUNT_COLUMNS,
-                accounts,
-                pg_types=("text", "text", "text", "text", "text", "bigint"),
-                suffix="ON CONFLICT (account_id) DO NOTHING",
+            for posting in state.get("postings") or ():
+                add_movements(
+                    deltas[(account_id, posting["currency"])],
+                    ((posting["debit"], posting["credit"], posting["amount_minor"]),),
+                )
+            moment = datetime.fromisoformat(state["timestamp"])
+            history.append(
+                (
+                    notification.id,
+                    account_id,
+                    notification.originator_version,
+                    type_name,
+                    moment.isoformat(),
+                    epoch_us(moment),
+                    orjson.dumps(public_data(state)).decode(),
+                    orjson.dumps(public_postings(state)).decode(),
+                )
             )
-            insert(
-                cursor,
-                "rm_balances",
-                ("account_id", "ledger_account", "currency", "debit_minus_credit"),
-                [(*key, amount) for key, amount in deltas.items()],
-                pg_types=("text", "text", "text", "bigint"),
-                suffix="ON CONFLICT (account_id, ledger_account, currency) DO UPDATE SET"
-                " debit_minus_credit = rm_balances.debit_minus_credit"
-                " + excluded.debit_minus_credit",
-            )
-            insert(
-                cursor,
-                "rm_history",
-                HISTORY_COLUMNS,
-                history,
-                pg_types=("bigint", "text", "integer", "text", "text", "bigint", "text", "text"),
-            )
-            # An upsert: a schema prepared from `DDL` alone (the bench) has no row for it, and
-            # a plain UPDATE of a missing row would silently record nothing.
-            write_position(cursor, POSITION_NAME, fresh[-1].id)
-
-    def _lock_position(self, cursor: Cursor) -> int:
-        suffix = " FOR UPDATE" if self.database.kind == "postgresql" else ""
-        cursor.execute(
-            f"SELECT position FROM ledger_positions WHERE name = %s{suffix}", (POSITION_NAME,)
+        accounts_table = generation.table(ACCOUNTS)
+        balances_table = generation.table(BALANCES)
+        database.insert_rows(
+            cursor,
+            accounts_table,
+            ACCOUNT_COLUMNS,
+            accounts,
+            pg_types=("text", "text", "text", "text", "text", "bigint"),
+            suffix="ON CONFLICT (account_id) DO NOTHING",
         )
-        row = cursor.fetchone()
-        return int(row[0]) if row else 0
+        database.insert_rows(
+            cursor,
+            balances_table,
+            ("account_id", "ledger_account", "currency", "debit_minus_credit"),
+            [
+                (account_id, ledger_account, currency, amount)
+                for (account_id, currency), moved in deltas.items()
+                for ledger_account, amount in moved.items()
+            ],
+            pg_types=("text", "text", "text", "bigint"),
+            suffix="ON CONFLICT (account_id, ledger_account, currency) DO UPDATE SET"
+            f" debit_minus_credit = {balances_table}.debit_minus_credit"
+            " + excluded.debit_minus_credit",
+        )
+        database.insert_rows(
+            cursor,
+            generation.table(HISTORY),
+            HISTORY_COLUMNS,
+            history,
+            pg_types=("bigint", "text", "integer", "text", "text", "bigint", "text", "text"),
+        )

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import structlog
@@ -23,8 +23,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ledger import limits
+from ledger import limits, read_models
 from ledger.domain.policy import PolicyError
+from ledger.generations import ProjectionMissing, live_positions
 from ledger.kafka.broker import BrokerUnavailable, EmbeddedBroker, is_listening, resolve_bootstrap
 from ledger.logging import configure_logging
 from ledger.persistence.database import Database, DatabaseUnavailable
@@ -32,8 +33,11 @@ from ledger.persistence.event_store import latest_position
 from ledger.persistence.urls import DatabaseUrlError, parse_database_url
 from ledger.settings import Settings, load_settings
 from ledger.storage import Storage, open_storage
-from projections import balances as balances_projection
 from projections import queries
+
+if TYPE_CHECKING:
+    from ledger.projection import Projection
+    from ledger.rebuild import Rebuilt
 
 app = typer.Typer(
     name="ledger",
@@ -42,7 +46,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-projections_app = typer.Typer(help="Read models: rebuild them from the event store.")
+projections_app = typer.Typer(help="Read models: their positions; rebuild them aside.")
 app.add_typer(projections_app, name="projections")
 
 stdout = Console(soft_wrap=True)
@@ -51,7 +55,7 @@ log = structlog.get_logger(__name__)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 WaitOption = Annotated[
-    bool, typer.Option("--wait", help="Wait until the read model reaches the latest event.")
+    bool, typer.Option("--wait", help="Wait until the read models reach the latest event.")
 ]
 TimeoutOption = Annotated[
     float, typer.Option("--timeout", help="Longest wait in seconds (with --wait).")
@@ -102,30 +106,30 @@ def open_for_writing(settings: Settings) -> Storage:
     return open_storage(settings)
 
 
-def wait_for_read_model(database: Database, timeout_s: float) -> None:
-    """Block until the read model reflects the event store's latest notification."""
+def wait_for_read_models(database: Database, reads: tuple[str, ...], timeout_s: float) -> None:
+    """Block until every read model a query reads reflects the event store's latest event."""
     latest = latest_position(database)
     deadline = time.monotonic() + timeout_s
     delay_s = 0.01
-    while queries.position(database) < latest:
+    while behind := [name for name, at in live_positions(database, reads).items() if at < latest]:
         if time.monotonic() > deadline:
             raise Refused(
-                f"the read model did not reach position {latest} within {timeout_s:g}s:"
-                " is `ledger run` running?"
+                f"read model {', '.join(behind)} did not reach position {latest} within"
+                f" {timeout_s:g}s: is `ledger run` running?"
             )
         time.sleep(delay_s)
         delay_s = min(delay_s * 2, 0.2)
 
 
 @contextmanager
-def query_database(*, wait: bool, timeout_s: float) -> Iterator[Database]:
-    """The database for one query: optionally waits for the read model; unknown accounts refused."""
+def query_database(*, reads: tuple[str, ...], wait: bool, timeout_s: float) -> Iterator[Database]:
+    """The database for one query of the `reads` read models: optionally waits for them."""
     database = open_for_query(settings_and_logging())
     try:
         if wait:
-            wait_for_read_model(database, timeout_s)
+            wait_for_read_models(database, reads, timeout_s)
         yield database
-    except queries.NotFound as error:
+    except (queries.NotFound, ProjectionMissing) as error:
         raise Refused(str(error)) from error
     finally:
         database.close()
@@ -151,7 +155,7 @@ def balance(
     """Balances of one account (optionally as of a past time)."""
     if at is not None and at.tzinfo is None:
         raise Refused("--at needs a timestamp with an offset, e.g. 2026-11-25T10:00:00Z")
-    with query_database(wait=wait, timeout_s=timeout) as database:
+    with query_database(reads=queries.READS, wait=wait, timeout_s=timeout) as database:
         answer = queries.balance(database, account, at=at)
     if json_output:
         print_json(answer)
@@ -167,7 +171,7 @@ def history(
     timeout: TimeoutOption = limits.query_wait_timeout_s,
 ) -> None:
     """The account's domain events in order, with their postings."""
-    with query_database(wait=wait, timeout_s=timeout) as database:
+    with query_database(reads=queries.READS, wait=wait, timeout_s=timeout) as database:
         events = queries.history(database, account, limit=limits.history_page_max)
     if json_output:
         print_json(events)
@@ -196,7 +200,7 @@ def trial_balance(
     timeout: TimeoutOption = limits.query_wait_timeout_s,
 ) -> None:
     """Sums per ledger account and currency; each currency's total is 0."""
-    with query_database(wait=wait, timeout_s=timeout) as database:
+    with query_database(reads=queries.READS, wait=wait, timeout_s=timeout) as database:
         answer = queries.trial_balance(database)
     if json_output:
         print_json(answer)
@@ -216,43 +220,85 @@ def projections_rebuild(
     name: Annotated[str | None, typer.Argument(help="Only this read model.")] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Drop and rebuild read models from the event store."""
-    from rich.progress import Progress
+    """Rebuild read models aside from the event store, then swap each in (queries keep working)."""
+    from ledger.projection import UnknownEventType
+    from ledger.rebuild import RebuildSuperseded
 
-    from ledger.tailing import ReportingHandler, run_tail
-
-    if name not in (None, balances_projection.NAME):
-        raise Refused(f"unknown projection {name!r}; known: {balances_projection.NAME}")
+    try:
+        chosen = read_models.PROJECTIONS if name is None else (read_models.projection_named(name),)
+    except LookupError as error:
+        raise Refused(str(error.args[0])) from error
     settings = settings_and_logging()
     storage = open_for_writing(settings)
     started = time.monotonic()
+    done: list[Rebuilt] = []
     try:
-        balances_projection.clear(storage.database)
-        projection = balances_projection.BalancesProjection(storage.database)
-        latest = storage.store.process_recorder.max_notification_id() or 0
-        stop = threading.Event()
-        total = 0
-        with Progress(console=stderr, transient=True) as progress:
-            task = progress.add_task("rebuilding balances", total=latest)
-
-            tracked = ReportingHandler(
-                projection, lambda position: progress.update(task, completed=position)
-            )
-            total = run_tail(storage.store, tracked, stop, until_caught_up=True)
-        balances_projection.finish_rebuild(storage.database)
-        position = projection.position()
+        done.extend(_rebuild_showing_progress(storage, projection) for projection in chosen)
+    except (UnknownEventType, RebuildSuperseded) as error:
+        raise Refused(str(error)) from error
     finally:
         storage.close()
     answer = {
-        "projections": [balances_projection.NAME],
-        "events": total,
-        "position": position,
+        "projections": [
+            {
+                "name": rebuilt.name,
+                "generation": rebuilt.generation,
+                "replaced": rebuilt.replaced,
+                "events": rebuilt.events,
+                "position": rebuilt.position,
+            }
+            for rebuilt in done
+        ],
+        "events": sum(rebuilt.events for rebuilt in done),
         "seconds": round(time.monotonic() - started, 3),
     }
     if json_output:
         print_json(answer)
-    else:
-        stderr.print(f"rebuilt {balances_projection.NAME}: {total} events, position {position}")
+        return
+    for rebuilt in done:
+        stderr.print(
+            f"rebuilt {rebuilt.name}: {rebuilt.events} events, position {rebuilt.position},"
+            f" generation {rebuilt.generation} replaced {rebuilt.replaced}"
+        )
+
+
+def _rebuild_showing_progress(storage: Storage, projection: Projection) -> Rebuilt:
+    from rich.progress import Progress
+
+    from ledger.rebuild import rebuild_aside
+
+    latest = storage.store.process_recorder.max_notification_id() or 0
+    with Progress(console=stderr, transient=True) as progress:
+        task = progress.add_task(f"rebuilding {projection.name}", total=latest)
+
+        def report(position: int) -> None:
+            progress.update(task, completed=position, total=max(latest, position))
+
+        return rebuild_aside(storage.database, storage.store, projection, progress=report)
+
+
+@projections_app.command("status")
+def projections_status(json_output: JsonOption = False) -> None:
+    """Each read model's position, the event store's head and the lag between them."""
+    from ledger.generations import status
+
+    database = open_for_query(settings_and_logging())
+    try:
+        rows = status(database, read_models.names(), lambda: latest_position(database))
+    except ProjectionMissing as error:
+        raise Refused(str(error)) from error
+    finally:
+        database.close()
+    if json_output:
+        print_json(rows)
+        return
+    table = Table(title="read models")
+    columns = ("name", "state", "generation", "position", "head", "lag")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("name", "state") else "right")
+    for row in rows:
+        table.add_row(*(str(row[column]) for column in columns))
+    stdout.print(table)
 
 
 @app.command()

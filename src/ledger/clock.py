@@ -39,3 +39,8 @@ class FixedClock:
         if delta < timedelta(0):
             raise ValueError("a clock never goes back")
         self._now += delta
+
+
+def epoch_us(moment: datetime) -> int:
+    """A timezone-aware moment as whole microseconds since the Unix epoch (exact, no float)."""
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond

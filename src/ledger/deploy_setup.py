@@ -15,15 +15,13 @@ import psycopg
 import structlog
 from kafka.errors import KafkaError
 
-from ledger import limits
+from ledger import limits, read_models
 from ledger.kafka.broker import resolve_bootstrap
 from ledger.kafka.topics import ensure_topics
 from ledger.logging import configure_logging
 from ledger.persistence.database import DatabaseUnavailable
 from ledger.persistence.urls import DatabaseTarget, parse_database_url
 from ledger.settings import Settings, load_settings
-from ledger.storage import prepare_schema
-from projections import balances
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +44,7 @@ refused, a bad URL) fails the start at once."""
 
 def prepare_database(target: DatabaseTarget) -> None:
     """Create every table the workers and queries use: event store, positions, read models."""
-    prepare_schema(target, balances.SCHEMA)
+    read_models.prepare(target)
 
 
 def prepare_deployment(bootstrap: str, settings: Settings) -> None:

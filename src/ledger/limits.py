@@ -47,6 +47,8 @@ notification_batch_max = 2000
 """Notifications read from the event store per relay or projection batch."""
 projection_idle_poll_s = 0.02
 """How long a relay or projection sleeps when the event store has nothing new."""
+live_read_attempts_max = 3
+"""Tries of one query whose read model was swapped by a rebuild while it read."""
 query_wait_timeout_s = 30.0
 """Default bound on `--wait` for a query to see the latest position."""
 history_page_max = 100_000

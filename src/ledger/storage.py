@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ledger.persistence.database import Database
@@ -27,12 +27,17 @@ class Storage:
         self.store.close()
 
 
-def prepare_schema(target: DatabaseTarget, read_model_schema: Sequence[str] = ()) -> None:
+def prepare_schema(
+    target: DatabaseTarget,
+    read_model_schema: Sequence[str] = (),
+    then: Callable[[Database], None] | None = None,
+) -> None:
     """Create every table once, before any worker starts (workers never create tables).
 
     Holds the schema lock throughout, so any number of processes may prepare one database at
     once: the first creates, the others wait and find everything there. Our own tables and
-    `read_model_schema` go in one transaction, so a reader sees all of them or none.
+    `read_model_schema` go in one transaction, so a reader sees all of them or none; `then`
+    runs last, still under the lock (the read models' own preparation).
     """
     with schema_lock(target):
         store = open_event_store(target, create_table=True)
@@ -43,6 +48,8 @@ def prepare_schema(target: DatabaseTarget, read_model_schema: Sequence[str] = ()
                 cursor.execute(POSITIONS_DDL)
                 for statement in read_model_schema:
                     cursor.execute(statement)
+            if then is not None:
+                then(database)
         finally:
             database.close()
 

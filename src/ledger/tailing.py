@@ -62,30 +62,62 @@ def run_tail(
     until_caught_up: bool = False,
 ) -> int:
     """Feed the handler every notification after its position until stopped; returns the count."""
+    return run_tails(
+        store,
+        [handler],
+        stop,
+        batch_max=batch_max,
+        idle_s=idle_s,
+        until_caught_up=until_caught_up,
+    )
+
+
+def run_tails(
+    store: EventStore,
+    handlers: Sequence[BatchHandler],
+    stop: threading.Event,
+    *,
+    batch_max: int = limits.notification_batch_max,
+    idle_s: float = limits.projection_idle_poll_s,
+    until_caught_up: bool = False,
+) -> int:
+    """Feed each handler every notification after its own position until stopped.
+
+    Each handler keeps its own position; handlers standing at the same position share one read
+    of the log per round. Returns the number of notifications handed over, over all handlers.
+    """
     recorder = store.process_recorder
+    names = ", ".join(handler.name for handler in handlers)
     handled = 0
     backoff_s = limits.backoff_initial_s
-    position: int | None = None
+    positions: list[int | None] = [None] * len(handlers)
     while not stop.is_set():
+        behind = False
         try:
-            if position is None:
-                # Read inside the retry: the database may be down at start or after an error.
-                position = handler.position()
-            notifications = recorder.select_notifications(
-                start=position, limit=batch_max, inclusive_of_start=False
-            )
-            if notifications:
-                handler.handle(notifications)
-                position = notifications[-1].id
-                handled += len(notifications)
+            pages: dict[int, Sequence[Notification]] = {}
+            for index, handler in enumerate(handlers):
+                position = positions[index]
+                if position is None:
+                    # Read inside the retry: the database may be down at start or after an error.
+                    position = positions[index] = handler.position()
+                page = pages.get(position)
+                if page is None:
+                    page = pages[position] = recorder.select_notifications(
+                        start=position, limit=batch_max, inclusive_of_start=False
+                    )
+                if page:
+                    handler.handle(page)
+                    positions[index] = page[-1].id
+                    handled += len(page)
+                behind = behind or len(page) >= batch_max
             backoff_s = limits.backoff_initial_s
         except (OperationalError, InterfaceError, DatabaseUnavailable) as error:
-            log.warning("database unavailable, retrying", worker=handler.name, error=str(error))
+            log.warning("database unavailable, retrying", worker=names, error=str(error))
             stop.wait(backoff_s)
             backoff_s = min(backoff_s * 2, limits.backoff_max_s)
-            position = None
+            positions = [None] * len(handlers)
             continue
-        if len(notifications) < batch_max:
+        if not behind:
             if until_caught_up:
                 break
             stop.wait(idle_s)

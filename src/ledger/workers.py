@@ -16,6 +16,7 @@ from types import FrameType
 import structlog
 
 from consumers.ingest import IngestConsumer
+from ledger import read_models
 from ledger.clock import SystemClock
 from ledger.gc_tuning import tune_gc_for_throughput
 from ledger.ingest import IngestService
@@ -26,8 +27,7 @@ from ledger.outbox import OutboxRelay
 from ledger.policy_file import load_policy
 from ledger.settings import Settings, load_settings
 from ledger.storage import open_storage
-from ledger.tailing import run_tail
-from projections.balances import BalancesProjection
+from ledger.tailing import run_tail, run_tails
 
 WORKER_NAMES = ("ingest", "relay", "projections")
 
@@ -80,10 +80,13 @@ def run_worker(name: str, settings: Settings, stop: threading.Event) -> None:
             finally:
                 producer.close()
         elif name == "projections":
-            projection = BalancesProjection(storage.database)
-            log.info("projections started", position=projection.position())
+            handlers = read_models.live_handlers(storage.database)
+            log.info(
+                "projections started",
+                positions={handler.name: handler.position() for handler in handlers},
+            )
             tune_gc_for_throughput()
-            run_tail(storage.store, projection, stop)
+            run_tails(storage.store, handlers, stop)
         else:
             raise ValueError(f"unknown worker {name!r}; expected one of {WORKER_NAMES}")
     finally:

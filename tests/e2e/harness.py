@@ -156,11 +156,11 @@ def read_balances(database_url: str, account_ids: Sequence[str]) -> dict[str, di
 
 
 def read_model_exists(database: Database) -> bool:
-    """Whether `ledger run` has created the read model's tables yet."""
+    """Whether `ledger run` has created the read models' tables yet."""
     if database.kind == "sqlite":
-        sql = "SELECT count(*) FROM sqlite_master WHERE name = 'rm_accounts'"
+        sql = "SELECT count(*) FROM sqlite_master WHERE name = 'ledger_projections'"
     else:
-        sql = "SELECT count(*) FROM pg_tables WHERE tablename = 'rm_accounts'"
+        sql = "SELECT count(*) FROM pg_tables WHERE tablename = 'ledger_projections'"
     with database.read() as cursor:
         cursor.execute(sql)
         return bool(cursor.fetchone()[0])

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from ledger.deploy_setup import prepare_deployment
+from ledger.generations import live_state
 from ledger.kafka.broker import set_parent_death_signal
 from ledger.persistence.database import Database
 from ledger.persistence.event_store import open_event_store
@@ -229,7 +230,7 @@ def positions(database_url: str) -> dict[str, int]:
         with database.read() as cursor:
             return {
                 "relay": read_position(cursor, "outbox:ledger.events"),
-                "projection": read_position(cursor, "projection:balances"),
+                "projection": live_state(cursor, "balances").position,
             }
     finally:
         database.close()

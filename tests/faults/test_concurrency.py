@@ -34,8 +34,9 @@ from ledger.persistence.event_store import EventStore, open_event_store
 from ledger.persistence.mapper import decode_state
 from ledger.persistence.urls import parse_database_url
 from ledger.public_events import event_type_name
+from ledger.read_models import live, prepare_tables
 from ledger.tailing import run_tail
-from projections import balances, queries
+from projections import queries
 from tests.books import invoice, opened, payment
 
 POLICY = Policy(version="test-1")
@@ -178,8 +179,8 @@ def test_two_writers_of_one_account(broker: EmbeddedBroker, database_url: str) -
     serial_postings(stored)
     # The aggregates replayed from the store and the read model agree with that history.
     database = Database(target)
-    balances.create_tables(database)
-    run_tail(setup, balances.BalancesProjection(database), threading.Event(), until_caught_up=True)
+    prepare_tables(database)
+    run_tail(setup, live(database, "balances"), threading.Event(), until_caught_up=True)
     for account in ACCOUNTS:
         replayed = setup.repository.get(account_uuid(account))
         assert isinstance(replayed, Account)

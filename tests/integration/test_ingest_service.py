@@ -15,8 +15,9 @@ from ledger.ingest import InboundMessage, IngestService, PreparedBatch
 from ledger.persistence.database import Database
 from ledger.persistence.event_store import EventStore, open_event_store
 from ledger.persistence.urls import parse_database_url
+from ledger.read_models import live, prepare_tables
 from ledger.tailing import run_tail
-from projections import balances, queries
+from projections import queries
 from tests.books import expected_balances, invoice, opened, payment
 
 POLICY = Policy(version="test-1")
@@ -45,10 +46,10 @@ def ingest(service: IngestService, lines: list[bytes], start: int = 0) -> Prepar
 
 def project(database_url: str, store: EventStore) -> Database:
     database = Database(parse_database_url(database_url))
-    balances.create_tables(database)
+    prepare_tables(database)
     import threading
 
-    run_tail(store, balances.BalancesProjection(database), threading.Event(), until_caught_up=True)
+    run_tail(store, live(database, "balances"), threading.Event(), until_caught_up=True)
     return database
 
 

@@ -24,6 +24,7 @@ from eventsourcing.persistence import Tracking
 from ledger.clock import FixedClock
 from ledger.deploy_setup import prepare_database
 from ledger.domain.policy import Policy
+from ledger.generations import LiveProjection, live_positions
 from ledger.ingest import InboundMessage, IngestService
 from ledger.persistence.database import Database, ReadOnlyDatabase
 from ledger.persistence.event_store import events_table, latest_position, open_event_store
@@ -52,7 +53,7 @@ def write_books(database_url: str) -> int:
             InboundMessage("payments.inbound", 0, n, b"A", raw) for n, raw in enumerate(LINES)
         ]
         service.commit(service.prepare(messages), Tracking("payments.inbound:t:0", len(LINES)))
-        projection = balances.BalancesProjection(database)
+        projection = LiveProjection(database, balances.BalancesProjection())
         run_tail(store, projection, threading.Event(), until_caught_up=True)
         return projection.position()
     finally:
@@ -124,7 +125,7 @@ def test_read_only_database_on_a_schema_not_there_yet_reads_as_empty(database_ur
     database = Database(parse_database_url(database_url), read_only=True)
     try:
         assert latest_position(database) == 0
-        assert queries.position(database) == 0
+        assert live_positions(database, queries.READS) == {balances.NAME: 0}
         assert queries.trial_balance(database) == {"position": 0, "currencies": {}}
         with pytest.raises(queries.NotFound, match="no read model yet"):
             queries.balance(database, "A")

@@ -27,7 +27,8 @@ EXPECTED_TABLES = {
     "ledger_tracking",
     "ledger_inbound_keys",
     "ledger_positions",
-    *balances.TABLES,
+    "ledger_projections",
+    *(f"{table}_g1" for table in balances.TABLES),
 }
 
 
@@ -48,9 +49,11 @@ def test_eight_processes_prepare_a_fresh_database_at_once(postgres_url: str) -> 
     outcomes = prepare_at_once(postgres_url, PREPARERS)
     assert [o for o in outcomes if o != "ok"] == []
     with psycopg.connect(parse_database_url(postgres_url).conninfo) as connection:
-        position_rows = connection.execute("SELECT name, position FROM ledger_positions").fetchall()
+        live_rows = connection.execute(
+            "SELECT name, generation, position FROM ledger_projections"
+        ).fetchall()
     assert _public_tables(postgres_url) >= EXPECTED_TABLES
-    assert position_rows == [(balances.POSITION_NAME, 0)]
+    assert live_rows == [(balances.NAME, 1, 0)]
 
 
 def test_start_retries_with_back_off_until_the_other_preparation_ends(

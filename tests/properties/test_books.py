@@ -32,8 +32,9 @@ from ledger.ingest import InboundMessage, IngestService
 from ledger.persistence.database import Database
 from ledger.persistence.event_store import EventStore, open_event_store
 from ledger.persistence.urls import parse_database_url
+from ledger.read_models import live, prepare_tables
 from ledger.tailing import run_tail
-from projections import balances, queries
+from projections import queries
 from tests.books import expected_balances, invoice, line, opened, payment
 from tests.hypothesis_settings import max_examples
 
@@ -148,9 +149,8 @@ def test_books_hold_after_every_batch(history: tuple[list[bytes], list[int]]) ->
 def check_read_model(target: Any, store: EventStore, lines: list[bytes]) -> None:
     database = Database(target)
     try:
-        balances.create_tables(database)
-        projection = balances.BalancesProjection(database)
-        run_tail(store, projection, threading.Event(), until_caught_up=True)
+        prepare_tables(database)
+        run_tail(store, live(database, "balances"), threading.Event(), until_caught_up=True)
         model = expected_balances(lines)
         for account_id, books in model.items():
             answer = queries.balance(database, account_id)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumers.ingest import tracking_name
+from ledger import read_models
 from ledger.bench.memory import MemorySampler
 from ledger.bench.processes import Worker, bench_worker
 from ledger.bench.scratch import Scratch
@@ -18,8 +19,6 @@ from ledger.kafka.topics import TopicWatcher
 from ledger.persistence.database import Database
 from ledger.persistence.event_store import open_event_store
 from ledger.persistence.urls import parse_database_url
-from ledger.storage import prepare_schema
-from projections.balances import DDL as BALANCES_DDL
 
 POLL_INTERVAL_S = 0.05
 """How often the stored positions are read to see whether a run is done. Each check costs the
@@ -179,7 +178,7 @@ def _run_pipeline(
 ) -> float:
     """Run the `kind` ingest workers on a fresh event store until they reach the ends; seconds."""
     target = parse_database_url(database_url)
-    prepare_schema(target, BALANCES_DDL)
+    read_models.prepare(target)
     store = open_event_store(target)
     names = {p: tracking_name(config["topic"], topic_id, p) for p in ends}
     recorder = store.process_recorder

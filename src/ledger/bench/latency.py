@@ -15,13 +15,14 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
+from ledger import read_models
 from ledger.bench.processes import bench_worker, ledger_worker
 from ledger.bench.scratch import Scratch
 from ledger.bench.workload import InboundLine, LineWriter, account_name, publish
-from ledger.persistence.database import Database
+from ledger.generations import Live, read_live
+from ledger.persistence.database import Cursor, Database
 from ledger.persistence.urls import parse_database_url
-from ledger.storage import prepare_schema
-from projections.balances import DDL as BALANCES_DDL
+from projections import balances
 
 RATE_PER_S = 1_000
 EVENTS_MIN = 200
@@ -67,12 +68,15 @@ class _Visibility:
             self.error = error
 
     def poll(self) -> None:
-        with self.database.read() as cursor:
+        def query(cursor: Cursor, live: Live) -> list[Any]:
             cursor.execute(
-                "SELECT position, data FROM rm_history WHERE position > %s ORDER BY position",
+                f"SELECT position, data FROM {live.generation.table(balances.HISTORY)}"
+                " WHERE position > %s ORDER BY position",
                 (self.position,),
             )
-            rows = cursor.fetchall()
+            return cursor.fetchall()
+
+        rows = read_live(self.database, balances.NAME, query)
         now = time.monotonic()
         for position, data in rows:
             self.position = int(position)
@@ -90,7 +94,7 @@ def measure_latency(scratch: Scratch, events: int, progress: Progress) -> dict[s
     accounts = max(1, min(ACCOUNTS_MAX, count // 4))
     topic, dlq_topic = scratch.topics("latency")
     url = scratch.database_url("latency")
-    prepare_schema(parse_database_url(url), BALANCES_DDL)
+    read_models.prepare(parse_database_url(url))
     writer = LineWriter(f"{scratch.run_id}L")
     names = [account_name(f"{scratch.run_id}L", index) for index in range(accounts)]
     paced: list[InboundLine] = []
@@ -166,15 +170,21 @@ def measure_latency(scratch: Scratch, events: int, progress: Progress) -> dict[s
 
 
 def _accounts(database: Database) -> int:
-    with database.read() as cursor:
-        cursor.execute("SELECT COUNT(*) FROM rm_accounts")
+    def query(cursor: Cursor, live: Live) -> int:
+        cursor.execute(f"SELECT COUNT(*) FROM {live.generation.table(balances.ACCOUNTS)}")
         return int(cursor.fetchone()[0])
+
+    return read_live(database, balances.NAME, query)
 
 
 def _max_position(database: Database) -> int:
-    with database.read() as cursor:
-        cursor.execute("SELECT COALESCE(MAX(position), 0) FROM rm_history")
+    def query(cursor: Cursor, live: Live) -> int:
+        cursor.execute(
+            f"SELECT COALESCE(MAX(position), 0) FROM {live.generation.table(balances.HISTORY)}"
+        )
         return int(cursor.fetchone()[0])
+
+    return read_live(database, balances.NAME, query)
 
 
 def _wait(condition: Callable[[], bool], what: str, *workers: Any) -> None:

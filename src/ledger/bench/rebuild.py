@@ -5,14 +5,13 @@ and loading one long-lived account (snapshots on).
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from eventsourcing.persistence import Tracking
 
-from ledger import limits
+from ledger import limits, read_models
 from ledger.bench.workload import LineWriter, Workload, account_name
 from ledger.clock import SystemClock
 from ledger.domain.account import Account, account_uuid
@@ -22,10 +21,7 @@ from ledger.persistence.event_store import EventStore, event_store_env
 from ledger.persistence.positions import read_position, write_position
 from ledger.persistence.urls import DatabaseTarget, parse_database_url
 from ledger.policy_file import load_policy
-from ledger.storage import prepare_schema
-from ledger.tailing import ReportingHandler, run_tail
-from projections import balances
-from projections.balances import DDL as BALANCES_DDL
+from ledger.rebuild import rebuild_aside
 
 RAW_TABLE = "bench_raw_log"
 RAW_POSITION = "bench:raw-log"
@@ -39,7 +35,7 @@ Progress = Callable[[str, int, int], None]
 def populate(database_url: str, workload: Workload, progress: Progress) -> None:
     """Write a workload straight through the ingest service (no Kafka), in poll-sized batches."""
     target = parse_database_url(database_url)
-    prepare_schema(target, BALANCES_DDL)
+    read_models.prepare(target)
     store = EventStore(env=event_store_env(target, create_table=False))
     service = IngestService(store, policy=load_policy(None), clock=SystemClock())
     try:
@@ -71,16 +67,13 @@ def measure_rebuild(database_url: str, progress: Progress) -> dict[str, Any]:
     try:
         latest = store.process_recorder.max_notification_id() or 0
         baseline_s, copied = _copy_raw_log(store, database, latest, progress)
-        balances.create_tables(database)
-        balances.clear(database)
-        projection = balances.BalancesProjection(database)
-
-        reporting = ReportingHandler(
-            projection, lambda position: progress("rebuild", position, latest)
-        )
         started = time.monotonic()
-        rebuilt = run_tail(store, reporting, threading.Event(), until_caught_up=True)
-        balances.finish_rebuild(database)
+        rebuilt = rebuild_aside(
+            database,
+            store,
+            read_models.projection_named("balances"),
+            progress=lambda position: progress("rebuild", position, latest),
+        ).events
         rebuild_s = time.monotonic() - started
     finally:
         database.close()
@@ -143,7 +136,7 @@ def _copy_raw_log(
 def measure_load(database_url: str, events: int, progress: Progress) -> dict[str, Any]:
     """Milliseconds to load one account of up to 10,000 events, with and without a snapshot."""
     target = parse_database_url(database_url)
-    prepare_schema(target, BALANCES_DDL)
+    read_models.prepare(target)
     count = max(2, min(LOAD_EVENTS_MAX, events))
     writer = LineWriter("load")
     name = account_name("load", 0)

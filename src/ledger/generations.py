@@ -1,0 +1,238 @@
+"""Where each projection stands: its live generation and position, and any rebuild's.
+
+`ledger_projections` holds one row per projection: the generation of tables that queries read and
+the position (notification id) that generation reflects. A live batch locks that row (FOR UPDATE
+on PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes every other writer), then writes its rows
+into that generation and the new position in the same transaction. A rebuild's swap changes the
+row under the same lock, so no batch can read one generation and write after the swap.
+`ledger_projection_builds` holds one row per rebuild under way, with the position it has reached.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psycopg
+import structlog
+from eventsourcing.persistence import Notification
+
+from ledger import limits
+from ledger.persistence.database import Cursor, Database
+from ledger.projection import Generation, Projection, known_events
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+PROJECTIONS_DDL = (
+    "CREATE TABLE IF NOT EXISTS ledger_projections (name TEXT PRIMARY KEY,"
+    " generation INTEGER NOT NULL, position BIGINT NOT NULL)"
+)
+BUILDS_DDL = (
+    "CREATE TABLE IF NOT EXISTS ledger_projection_builds (name TEXT NOT NULL,"
+    " generation INTEGER NOT NULL, position BIGINT NOT NULL, PRIMARY KEY (name, generation))"
+)
+PREPARE_LOCK_KEY = 0x6C6564676572_01
+"""PostgreSQL advisory lock serialising read-model schema preparation between processes."""
+
+
+class ProjectionMissing(LookupError):
+    """The read model has no tables yet: the schema was not prepared."""
+
+
+@dataclass(frozen=True)
+class Live:
+    """A projection's live generation and the position its tables reflect."""
+
+    generation: Generation
+    position: int
+
+
+def prepare_projections(database: Database, projections: Iterable[Projection]) -> None:
+    """Create the position tables and, for a projection seen the first time, its generation 1."""
+    with database.transaction() as cursor:
+        if database.kind == "postgresql":
+            # Concurrent CREATE TABLE IF NOT EXISTS of one table can fail on PostgreSQL.
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (PREPARE_LOCK_KEY,))
+        cursor.execute(PROJECTIONS_DDL)
+        cursor.execute(BUILDS_DDL)
+        for projection in projections:
+            cursor.execute(
+                "SELECT generation FROM ledger_projections WHERE name = %s", (projection.name,)
+            )
+            if cursor.fetchone() is not None:
+                continue
+            first = Generation(1)
+            for statement in (
+                *projection.create_statements(first),
+                *projection.index_statements(first),
+            ):
+                cursor.execute(statement)
+            cursor.execute(
+                "INSERT INTO ledger_projections (name, generation, position) VALUES (%s, %s, 0)",
+                (projection.name, first.number),
+            )
+            log.info("read model created", projection=projection.name, generation=first.number)
+
+
+def _missing_table(error: Exception) -> bool:
+    if isinstance(error, psycopg.errors.UndefinedTable):
+        return True
+    return isinstance(error, sqlite3.OperationalError) and "no such table" in str(error)
+
+
+def live_state(cursor: Cursor, name: str, *, lock: bool = False) -> Live:
+    """The projection's live generation and position, read (or locked) in the open transaction."""
+    suffix = " FOR UPDATE" if lock else ""
+    try:
+        cursor.execute(
+            f"SELECT generation, position FROM ledger_projections WHERE name = %s{suffix}",
+            (name,),
+        )
+        row = cursor.fetchone()
+    except (psycopg.Error, sqlite3.Error) as error:
+        if not _missing_table(error):
+            raise
+        row = None
+    if row is None:
+        raise ProjectionMissing(
+            f"read model {name!r} does not exist yet: start `ledger run` (or run"
+            " `python -m ledger.deploy_setup`) to create it"
+        )
+    return Live(Generation(int(row[0])), int(row[1]))
+
+
+def lock_live(database: Database, cursor: Cursor, name: str) -> Live:
+    """Lock the projection's live row for the rest of the transaction and return it."""
+    return live_state(cursor, name, lock=database.kind == "postgresql")
+
+
+def set_live(cursor: Cursor, name: str, live: Live) -> None:
+    """Point the projection at a generation and position (the row must be locked)."""
+    cursor.execute(
+        "UPDATE ledger_projections SET generation = %s, position = %s WHERE name = %s",
+        (live.generation.number, live.position, name),
+    )
+
+
+def drop_generation(cursor: Cursor, projection: Projection, generation: Generation) -> None:
+    """Drop one generation's tables (their indexes go with them)."""
+    for base in projection.tables:
+        cursor.execute(f"DROP TABLE IF EXISTS {generation.table(base)}")
+
+
+class LiveProjection:
+    """Applies batches to a projection's live generation: what the projections worker tails."""
+
+    def __init__(self, database: Database, projection: Projection) -> None:
+        self.database = database
+        self.projection = projection
+        self.name = projection.name
+
+    def position(self) -> int:
+        """The last notification id reflected in the live generation."""
+        with self.database.read() as cursor:
+            return live_state(cursor, self.name).position
+
+    def handle(self, notifications: Sequence[Notification]) -> None:
+        """Apply a batch to the live generation and record the new position, in one transaction.
+
+        The generation is read under the row lock, inside the transaction that writes: a batch
+        read from the log before a swap lands in the new generation, and only its events after
+        the swapped-in position.
+        """
+        with self.database.transaction() as cursor:
+            live = lock_live(self.database, cursor, self.name)
+            fresh = [n for n in notifications if n.id > live.position]
+            if not fresh:
+                return
+            known = known_events(self.projection, fresh, strict=False)
+            if known:
+                self.projection.apply(self.database, cursor, live.generation, known)
+            set_live(cursor, self.name, Live(live.generation, fresh[-1].id))
+
+
+def read_live(database: Database, name: str, query: Callable[[Cursor, Live], T]) -> T:
+    """Run a query on the projection's live generation, in one read transaction.
+
+    A swap may drop the generation a read started on before the read reaches its tables
+    (PostgreSQL looks tables up by name when a statement runs); the query then runs again on
+    the new generation. An error with the generation unchanged is the query's own: raised.
+    """
+    started_on: list[Generation] = []
+
+    def read(cursor: Cursor) -> T:
+        live = live_state(cursor, name)
+        started_on.append(live.generation)
+        return query(cursor, live)
+
+    for attempt in range(1, limits.live_read_attempts_max + 1):
+        started_on.clear()
+        try:
+            return database.query(read)
+        except (psycopg.Error, sqlite3.Error):
+            if not started_on or attempt == limits.live_read_attempts_max:
+                raise
+            current = database.query(lambda cursor: live_state(cursor, name).generation)
+            if current == started_on[0]:
+                raise
+            log.info("read model swapped during a read: reading again", projection=name)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def live_positions(database: Database, names: Sequence[str]) -> dict[str, int]:
+    """The live position of each named projection, read in one transaction (0: none yet)."""
+
+    def read(cursor: Cursor) -> dict[str, int]:
+        positions = {}
+        for name in names:
+            try:
+                positions[name] = live_state(cursor, name).position
+            except ProjectionMissing:
+                positions[name] = 0
+        return positions
+
+    return database.query(read)
+
+
+def status(
+    database: Database, names: Sequence[str], read_head: Callable[[], int]
+) -> list[dict[str, Any]]:
+    """Each projection's live generation and position, and any rebuild under way, with lag.
+
+    The head (the store's last notification id) is read after the positions, so lag is never
+    negative.
+    """
+
+    def read(cursor: Cursor) -> list[tuple[str, str, int, int]]:
+        found: list[tuple[str, str, int, int]] = []
+        for name in names:
+            live = live_state(cursor, name)
+            found.append((name, "live", live.generation.number, live.position))
+            cursor.execute(
+                "SELECT generation, position FROM ledger_projection_builds WHERE name = %s"
+                " ORDER BY generation",
+                (name,),
+            )
+            found.extend(
+                (name, "rebuilding", int(generation), int(position))
+                for generation, position in cursor.fetchall()
+            )
+        return found
+
+    found = database.query(read)
+    head = read_head()
+    return [
+        {
+            "name": name,
+            "state": state,
+            "generation": generation,
+            "position": position,
+            "head": head,
+            "lag": head - position,
+        }
+        for name, state, generation, position in found
+    ]

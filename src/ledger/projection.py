@@ -1,0 +1,103 @@
+"""What a projection is: a read model kept from the event store's log, in generations of tables.
+
+A projection names its tables and event types and says how a batch of notifications changes its
+tables; `ledger.generations` keeps each projection's live generation and position, and
+`ledger.rebuild` builds a new generation aside and swaps it in. Generation N of a table `rm_x`
+is the table `rm_x_gN`, so a rebuild never touches the tables that queries read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+from eventsourcing.persistence import Notification
+
+from ledger.persistence.database import Cursor, Database
+from ledger.public_events import event_type_name
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One set of a projection's tables: generation 3 of `rm_accounts` is `rm_accounts_g3`."""
+
+    number: int
+
+    def table(self, base: str) -> str:
+        """The name of the base table `base` in this generation."""
+        return f"{base}_g{self.number}"
+
+
+class Projection(Protocol):
+    """A read model: its name, tables, the event types it knows and how it applies a batch."""
+
+    name: str
+    tables: tuple[str, ...]
+    """Base names; `Generation.table` gives each generation's own."""
+    event_types: frozenset[str]
+    """Public event type names this projection was written for (others are unknown to it)."""
+
+    def create_statements(self, generation: Generation) -> Sequence[str]:
+        """DDL creating the generation's tables (no secondary indexes)."""
+        ...
+
+    def index_statements(self, generation: Generation) -> Sequence[str]:
+        """DDL creating the generation's secondary indexes (a rebuild adds them once loaded)."""
+        ...
+
+    def apply(
+        self,
+        database: Database,
+        cursor: Cursor,
+        generation: Generation,
+        notifications: Sequence[Notification],
+    ) -> None:
+        """Write a batch of known events into the generation's tables in the open transaction."""
+        ...
+
+
+class UnknownEventType(Exception):
+    """A rebuild met an event type its projection does not know: the model would be wrong."""
+
+    def __init__(self, projection: str, type_name: str, position: int) -> None:
+        super().__init__(
+            f"projection {projection!r} does not know event type {type_name!r}"
+            f" (at position {position}): rebuild refused"
+        )
+        self.projection = projection
+        self.type_name = type_name
+        self.position = position
+
+
+def known_events(
+    projection: Projection, notifications: Sequence[Notification], *, strict: bool
+) -> list[Notification]:
+    """The notifications of types the projection knows; others are skipped, or refused if strict.
+
+    A live run skips an unknown type with a warning (a newer writer may have added it); a rebuild
+    (`strict`) stops, since a model built without it would be wrong without saying so.
+    """
+    kept: list[Notification] = []
+    for notification in notifications:
+        try:
+            type_name = event_type_name(notification.topic)
+        except LookupError:
+            type_name = notification.topic
+        if type_name in projection.event_types:
+            kept.append(notification)
+            continue
+        if strict:
+            raise UnknownEventType(projection.name, type_name, notification.id)
+        log.warning(
+            "unknown event type skipped",
+            projection=projection.name,
+            type=type_name,
+            topic=notification.topic,
+            position=notification.id,
+            originator_id=str(notification.originator_id),
+        )
+    return kept
