@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +34,12 @@ from consumers.dead_letters import DeadLetterSender
 from ledger import limits
 from ledger.ingest import DeadLetter, InboundMessage, IngestService, PreparedBatch
 from ledger.kafka.clients import ProducerFailed, ProducerStopped, ResilientProducer, make_consumer
-from ledger.kafka.topics import PAYMENTS_INBOUND, PAYMENTS_INBOUND_DLQ, TopicWatcher
+from ledger.kafka.topics import (
+    PAYMENTS_INBOUND,
+    PAYMENTS_INBOUND_DLQ,
+    TopicWatcher,
+    tracking_name,
+)
 from ledger.outages import is_outage
 from ledger.schemas.inbound import InboundRejected, parse_inbound
 
@@ -65,11 +70,6 @@ class _InFlight:
     partition: int
     messages: list[InboundMessage] = field(default_factory=list)
     """What the batch was prepared from: narrowed down if its commit fails on bad data."""
-
-
-def tracking_name(topic: str, topic_id: str, partition: int, generation: str = "") -> str:
-    """The tracking name of one partition of one incarnation of a topic."""
-    return f"{topic}:{topic_id}{generation}:{partition}"
 
 
 def _unprocessable(message: InboundMessage, error: BaseException) -> DeadLetter:
@@ -114,6 +114,7 @@ class IngestConsumer:
         dlq_topic: str = PAYMENTS_INBOUND_DLQ,
         partitions: Sequence[int] | None = None,
         pipelined: bool | None = None,
+        on_assigned: Callable[[], None] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.service = service
@@ -124,6 +125,8 @@ class IngestConsumer:
         self.topic = topic
         self.dlq_topic = dlq_topic
         self.static_partitions = None if partitions is None else sorted(partitions)
+        self.on_assigned = on_assigned
+        """Called after every assignment, once the partitions are positioned."""
         self.watcher = TopicWatcher(bootstrap)
         self.topic_id = ""
         self.partitions: dict[int, PartitionState] = {}
@@ -235,6 +238,8 @@ class IngestConsumer:
                 tracking_name=name,
                 position=position,
             )
+        if self.on_assigned is not None:
+            self.on_assigned()
 
     def revoke(self, revoked: Sequence[TopicPartition]) -> None:
         """Forget partitions another consumer now owns (and their cached accounts)."""

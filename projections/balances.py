@@ -60,6 +60,8 @@ class BalancesProjection:
 
     name: str = NAME
     tables: tuple[str, ...] = TABLES
+    accounts_table: str = ACCOUNTS
+    history_table: str = HISTORY
     event_types: frozenset[str] = EVENT_TYPES
 
     def create_statements(self, generation: Generation) -> tuple[str, ...]:

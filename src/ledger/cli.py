@@ -110,7 +110,7 @@ def wait_for_read_models(database: Database, reads: tuple[str, ...], timeout_s: 
     """Block until every read model a query reads reflects the event store's latest event."""
     latest = latest_position(database)
     deadline = time.monotonic() + timeout_s
-    delay_s = 0.01
+    delay_s = limits.query_wait_poll_initial_s
     while behind := [name for name, at in live_positions(database, reads).items() if at < latest]:
         if time.monotonic() > deadline:
             raise Refused(
@@ -118,7 +118,7 @@ def wait_for_read_models(database: Database, reads: tuple[str, ...], timeout_s: 
                 f" {timeout_s:g}s: is `ledger run` running?"
             )
         time.sleep(delay_s)
-        delay_s = min(delay_s * 2, 0.2)
+        delay_s = min(delay_s * 2, limits.query_wait_poll_max_s)
 
 
 @contextmanager
@@ -427,7 +427,7 @@ def broker(
     ensure_topics(embedded.bootstrap, settings.partitions)
     stderr.print(f"broker listening on {embedded.bootstrap} (messages are kept in memory only)")
     try:
-        while not stop.wait(0.5):
+        while not stop.wait(limits.supervisor_check_interval_s):
             if not embedded.is_running():
                 raise Refused("the broker exited unexpectedly")
     finally:

@@ -15,6 +15,7 @@ from kafka import KafkaProducer
 from rich.console import Console
 from rich.table import Table
 
+from ledger import limits
 from ledger.kafka.topics import (
     LEDGER_NOTIFICATIONS,
     PAYMENTS_INBOUND,
@@ -152,7 +153,7 @@ def _drive(
             dead = _tail(supervisor.bootstrap, PAYMENTS_INBOUND_DLQ, suffix)
             if answer.get("customer_credit") == 3000 and len(dead) >= 2:
                 break
-            time.sleep(0.3)
+            time.sleep(limits.demo_poll_s)
         else:
             raise RuntimeError("the demo scenario did not complete in time")
         events = queries.history(storage.database, account, limit=100)

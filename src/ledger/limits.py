@@ -51,6 +51,12 @@ live_read_attempts_max = 3
 """Tries of one query whose read model was swapped by a rebuild while it read."""
 query_wait_timeout_s = 30.0
 """Default bound on `--wait` for a query to see the latest position."""
+query_wait_poll_initial_s = 0.01
+"""First pause of `--wait` between two looks at the read models' positions (then doubling)."""
+query_wait_poll_max_s = 0.2
+"""Longest pause of `--wait` between two looks."""
+demo_poll_s = 0.3
+"""How often `ledger demo` looks whether its scenario has gone through."""
 history_page_max = 100_000
 """Most events one `ledger history` call returns."""
 sqlite_in_chunk_max = 500

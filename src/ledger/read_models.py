@@ -14,7 +14,10 @@ from ledger.projection import Projection
 from ledger.storage import prepare_schema
 from projections.balances import BalancesProjection
 
-PROJECTIONS: tuple[Projection, ...] = (BalancesProjection(),)
+BALANCES = BalancesProjection()
+"""The balances read model (the benchmark reads its tables directly to time visibility)."""
+
+PROJECTIONS: tuple[Projection, ...] = (BALANCES,)
 
 
 def names() -> list[str]:

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Any
 
 import structlog
 
@@ -45,6 +46,14 @@ def install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, request_stop)
 
 
+def ingest_consumer(**options: Any) -> IngestConsumer:
+    """The ingest consumer as the ingest worker runs it (the benchmark runs it on its own topics).
+
+    Wired here, in the composition root, so that nothing else in `ledger` imports `consumers`.
+    """
+    return IngestConsumer(**options)
+
+
 def run_worker(name: str, settings: Settings, stop: threading.Event) -> None:
     """Run one worker until `stop` is set."""
     structlog.contextvars.bind_contextvars(worker=name)
@@ -57,7 +66,7 @@ def run_worker(name: str, settings: Settings, stop: threading.Event) -> None:
             service = IngestService(
                 storage.store, policy=load_policy(settings.policy), clock=SystemClock()
             )
-            consumer = IngestConsumer(
+            consumer = ingest_consumer(
                 bootstrap=bootstrap,
                 service=service,
                 dead_letters=producer,

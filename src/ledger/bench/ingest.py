@@ -8,14 +8,13 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
-from consumers.ingest import tracking_name
 from ledger import read_models
 from ledger.bench.memory import MemorySampler
 from ledger.bench.processes import Worker, bench_worker
 from ledger.bench.scratch import Scratch
 from ledger.bench.worker import BASELINE_POSITIONS_TABLE, baseline_ddl
 from ledger.bench.workload import Workload, publish
-from ledger.kafka.topics import TopicWatcher
+from ledger.kafka.topics import TopicWatcher, tracking_name
 from ledger.persistence.database import Database
 from ledger.persistence.event_store import open_event_store
 from ledger.persistence.urls import parse_database_url

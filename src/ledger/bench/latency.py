@@ -22,7 +22,9 @@ from ledger.bench.workload import InboundLine, LineWriter, account_name, publish
 from ledger.generations import Live, read_live
 from ledger.persistence.database import Cursor, Database
 from ledger.persistence.urls import parse_database_url
-from projections import balances
+
+HISTORY = read_models.BALANCES.history_table
+"""The balances read model's history table: it is written in the same transaction as balances."""
 
 RATE_PER_S = 1_000
 EVENTS_MIN = 200
@@ -70,13 +72,13 @@ class _Visibility:
     def poll(self) -> None:
         def query(cursor: Cursor, live: Live) -> list[Any]:
             cursor.execute(
-                f"SELECT position, data FROM {live.generation.table(balances.HISTORY)}"
+                f"SELECT position, data FROM {live.generation.table(HISTORY)}"
                 " WHERE position > %s ORDER BY position",
                 (self.position,),
             )
             return cursor.fetchall()
 
-        rows = read_live(self.database, balances.NAME, query)
+        rows = read_live(self.database, read_models.BALANCES.name, query)
         now = time.monotonic()
         for position, data in rows:
             self.position = int(position)
@@ -171,20 +173,20 @@ def measure_latency(scratch: Scratch, events: int, progress: Progress) -> dict[s
 
 def _accounts(database: Database) -> int:
     def query(cursor: Cursor, live: Live) -> int:
-        cursor.execute(f"SELECT COUNT(*) FROM {live.generation.table(balances.ACCOUNTS)}")
+        cursor.execute(
+            f"SELECT COUNT(*) FROM {live.generation.table(read_models.BALANCES.accounts_table)}"
+        )
         return int(cursor.fetchone()[0])
 
-    return read_live(database, balances.NAME, query)
+    return read_live(database, read_models.BALANCES.name, query)
 
 
 def _max_position(database: Database) -> int:
     def query(cursor: Cursor, live: Live) -> int:
-        cursor.execute(
-            f"SELECT COALESCE(MAX(position), 0) FROM {live.generation.table(balances.HISTORY)}"
-        )
+        cursor.execute(f"SELECT COALESCE(MAX(position), 0) FROM {live.generation.table(HISTORY)}")
         return int(cursor.fetchone()[0])
 
-    return read_live(database, balances.NAME, query)
+    return read_live(database, read_models.BALANCES.name, query)
 
 
 def _wait(condition: Callable[[], bool], what: str, *workers: Any) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,6 @@ import orjson
 from eventsourcing.persistence import StoredEvent, Tracking
 from kafka import TopicPartition
 
-from consumers.ingest import IngestConsumer
 from ledger import limits
 from ledger.clock import SystemClock
 from ledger.domain.account import account_uuid
@@ -35,7 +34,7 @@ from ledger.persistence.event_store import open_event_store
 from ledger.persistence.urls import parse_database_url
 from ledger.policy_file import load_policy
 from ledger.schemas.inbound import InboundEvent
-from ledger.workers import install_stop_handlers
+from ledger.workers import ingest_consumer, install_stop_handlers
 
 BASELINE_ROWS_TABLE = "bench_baseline_rows"
 BASELINE_POSITIONS_TABLE = "bench_baseline_positions"
@@ -102,14 +101,6 @@ class NoDomainService(IngestService):
 NO_DOMAIN_TOPIC = "ledger.bench.worker:NoDomainFact"
 
 
-class _SignallingIngestConsumer(IngestConsumer):
-    """The real ingest consumer, saying when its partitions are assigned."""
-
-    def assign(self, assigned: Sequence[TopicPartition]) -> None:
-        super().assign(assigned)
-        _ready()
-
-
 def run_ingest(config: dict[str, Any], stop: threading.Event) -> None:
     """The ledger's ingest on the benchmark topic, as `ledger.workers ingest` wires it (with
     `NoDomainService` for the `no_domain` kind)."""
@@ -122,7 +113,8 @@ def run_ingest(config: dict[str, Any], stop: threading.Event) -> None:
         policy=load_policy(Path(config["policy"]) if config.get("policy") else None),
         clock=SystemClock(),
     )
-    consumer = _SignallingIngestConsumer(
+    consumer = ingest_consumer(
+        on_assigned=_ready,
         bootstrap=config["bootstrap"],
         service=service,
         dead_letters=producer,

@@ -53,6 +53,11 @@ _UNKNOWN_TOPIC = kafka_errors.UnknownTopicOrPartitionError.errno
 _TOPIC_EXISTS = kafka_errors.TopicAlreadyExistsError.errno
 
 
+def tracking_name(topic: str, topic_id: str, partition: int, generation: str = "") -> str:
+    """The tracking name of one partition of one incarnation of a topic (its stored position)."""
+    return f"{topic}:{topic_id}{generation}:{partition}"
+
+
 @dataclass(frozen=True)
 class TopicInfo:
     """One topic as the cluster describes it now."""
