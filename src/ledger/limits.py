@@ -137,3 +137,9 @@ before it is dead-lettered as `unprocessable` (a second try rules out a passing 
 # Runtime.
 gc_gen0_threshold = 50_000
 """Allocations between collections of the youngest generation in a worker (Python's is 700)."""
+
+# Logs.
+kafka_outage_quiet_s = 60.0
+"""A broker outage's log lines end with a summary once the Kafka clients have logged no error
+for this long (if no successful connection ended it first). Longer than kafka-python's largest
+reconnect back-off (30 s), so one outage is reported once."""
