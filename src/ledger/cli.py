@@ -27,7 +27,7 @@ from ledger import limits, read_models
 from ledger.domain.policy import PolicyError
 from ledger.generations import ProjectionMissing, live_positions
 from ledger.kafka.broker import BrokerUnavailable, EmbeddedBroker, is_listening, resolve_bootstrap
-from ledger.logging import configure_logging
+from ledger.logging import configure_logging, logs_as_json
 from ledger.persistence.database import Database, DatabaseUnavailable
 from ledger.persistence.event_store import latest_position
 from ledger.persistence.urls import DatabaseUrlError, parse_database_url
@@ -70,6 +70,14 @@ def say(line: str) -> None:
     """One unwrapped line on stderr."""
     sys.stderr.write(" ".join(line.split()) + "\n")
     sys.stderr.flush()
+
+
+def announce(line: str, **fields: Any) -> None:
+    """A status line on stderr: a structured log line when logs are JSON, else one plain line."""
+    if logs_as_json():
+        log.info(line, **fields)
+    else:
+        say(line)
 
 
 def settings_and_logging() -> Settings:
@@ -425,7 +433,10 @@ def broker(
     from ledger.kafka.topics import ensure_topics
 
     ensure_topics(embedded.bootstrap, settings.partitions)
-    stderr.print(f"broker listening on {embedded.bootstrap} (messages are kept in memory only)")
+    announce(
+        f"broker listening on {embedded.bootstrap} (messages are kept in memory only)",
+        bootstrap=embedded.bootstrap,
+    )
     try:
         while not stop.wait(0.5):
             if not embedded.is_running():
@@ -455,9 +466,11 @@ def run() -> None:
         supervisor.start(stop)
         if stop.is_set():
             return
-        stderr.print(
-            f"ledger running: broker {supervisor.bootstrap},"
-            f" database {parse_database_url(settings.database_url).describe()}; Ctrl-C stops"
+        database = parse_database_url(settings.database_url).describe()
+        announce(
+            f"ledger running: broker {supervisor.bootstrap}, database {database}; Ctrl-C stops",
+            broker=supervisor.bootstrap,
+            database=database,
         )
         supervisor.run_until(stop)
     finally:
