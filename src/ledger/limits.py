@@ -93,6 +93,9 @@ from `backoff_initial_s` doubling up to `backoff_max_s` (about 16 s of waiting) 
 # Kafka clients and the embedded broker (added with the Kafka plumbing).
 broker_stop_timeout_s = 6.0
 """How long `EmbeddedBroker.stop()` waits after SIGTERM before SIGKILL (Tansu drains for 5 s)."""
+broker_probe_timeout_s = 2.0
+"""Longest wait of a command a person runs for a TCP connection to a configured broker, before
+it says that none listens there (rather than wait for a Kafka client's bootstrap timeout)."""
 client_bootstrap_timeout_ms = 10_000
 """How long a new Kafka client waits for its first answer from the cluster before failing."""
 client_request_timeout_ms = 10_000
