@@ -1,7 +1,8 @@
 """The `ledger` command: the composition root for people.
 
 Queries print one JSON document with `--json`; logs and progress always go to stderr. Exit codes:
-0 success, 2 bad input or a refused command (one line on stderr saying why), 1 internal failure.
+0 success, 2 bad input, a refused command, a misconfiguration or an unreachable database or
+broker (one line on stderr saying why), 1 internal failure.
 """
 
 from __future__ import annotations

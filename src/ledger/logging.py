@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 import structlog
 
@@ -18,6 +18,7 @@ from ledger.kafka.outage_log import KAFKA_LOGGER, KafkaOutageFilter
 
 _configured = False
 _json = False
+_process_context: dict[str, Any] = {}
 
 _KAFKA_CONNECTION_LOGGERS = ("kafka.net.connection", "kafka.net.manager")
 """kafka-python's connection loggers, read at INFO by the outage filter for the sign that a
@@ -43,6 +44,23 @@ class _HandlerLineWriter:
     fatal = failure = err = error = critical = exception = msg
 
 
+def bind_process_context(**fields: Any) -> None:
+    """Fields every line of this process carries, from any thread (a worker's name, say).
+
+    structlog's context variables do not reach threads a library starts (kafka-python's I/O
+    thread logs a broker outage); these do.
+    """
+    _process_context.update(fields)
+
+
+def _add_process_context(
+    _logger: Any, _method_name: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    for name, value in _process_context.items():
+        event_dict.setdefault(name, value)
+    return event_dict
+
+
 def configure_logging(
     log_format: Literal["json", "console"] | None = None, level: str = "info"
 ) -> None:
@@ -57,6 +75,7 @@ def configure_logging(
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        _add_process_context,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
