@@ -63,11 +63,16 @@ def postgres_url(*, port: int | None = None, user: str | None = None, dbname: st
     return f"postgresql://{user or server.user}:s3cret@{server.host}:{port or server.port}/{dbname}"
 
 
-QUERIES = (["balance", "X", "--json"], ["history", "X", "--json"], ["trial-balance", "--json"])
+QUERIES = (
+    ["balance", "X", "--json"],
+    ["history", "X", "--json"],
+    ["trial-balance", "--json"],
+    ["projections", "status", "--json"],
+)
 WRITERS = (["projections", "rebuild"],)
 
 
-@pytest.mark.parametrize("args", [*QUERIES, *WRITERS], ids=lambda args: args[0])
+@pytest.mark.parametrize("args", [*QUERIES, *WRITERS], ids=" ".join)
 def test_postgresql_that_nothing_listens_for(args: list[str]) -> None:
     url = postgres_url(port=free_port())
     result, elapsed_s = ledger(args, LEDGER_DATABASE_URL=url)
@@ -102,7 +107,7 @@ def test_bench_with_the_database_unreachable() -> None:
     assert_one_line(result, elapsed_s, parse_database_url(url).describe(), "LEDGER_DATABASE_URL")
 
 
-@pytest.mark.parametrize("args", [QUERIES[0], QUERIES[2], *WRITERS], ids=lambda args: args[0])
+@pytest.mark.parametrize("args", [QUERIES[0], QUERIES[3], *WRITERS], ids=" ".join)
 def test_sqlite_file_under_a_file(args: list[str], tmp_path: Path) -> None:
     (tmp_path / "blocker").write_text("not a directory")
     url = f"sqlite:///{tmp_path / 'blocker' / 'sub' / 'ledger.db'}"
