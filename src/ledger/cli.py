@@ -1,7 +1,8 @@
 """The `ledger` command: the composition root for people.
 
 Queries print one JSON document with `--json`; logs and progress always go to stderr. Exit codes:
-0 success, 2 bad input or a refused command (one line on stderr saying why), 1 internal failure.
+0 success, 2 bad input, a refused command, a misconfiguration or an unreachable database or
+broker (one line on stderr saying why), 1 internal failure.
 """
 
 from __future__ import annotations
@@ -26,12 +27,19 @@ from rich.table import Table
 from ledger import limits, read_models
 from ledger.domain.policy import PolicyError
 from ledger.generations import ProjectionMissing, live_positions
-from ledger.kafka.broker import BrokerUnavailable, EmbeddedBroker, is_listening, resolve_bootstrap
-from ledger.logging import configure_logging
+from ledger.kafka.broker import (
+    BrokerUnavailable,
+    EmbeddedBroker,
+    check_listening,
+    is_listening,
+    resolve_bootstrap,
+)
+from ledger.logging import configure_logging, logs_as_json
 from ledger.persistence.database import Database, DatabaseUnavailable
 from ledger.persistence.event_store import latest_position
+from ledger.persistence.reachability import check_database
 from ledger.persistence.urls import DatabaseUrlError, parse_database_url
-from ledger.settings import Settings, load_settings
+from ledger.settings import Settings, SettingsError, load_settings
 from ledger.storage import Storage, open_storage
 from projections import queries
 
@@ -72,6 +80,14 @@ def say(line: str) -> None:
     sys.stderr.flush()
 
 
+def announce(line: str, **fields: Any) -> None:
+    """A status line on stderr: a structured log line when logs are JSON, else one plain line."""
+    if logs_as_json():
+        log.info(line, **fields)
+    else:
+        say(line)
+
+
 def settings_and_logging() -> Settings:
     """Load settings and configure logging (stderr)."""
     settings = load_settings()
@@ -91,6 +107,7 @@ def open_for_query(settings: Settings) -> Database:
         target = parse_database_url(settings.database_url)
     except DatabaseUrlError as error:
         raise Refused(str(error)) from error
+    check_database(target, writing=False)
     return Database(target, read_only=True)
 
 
@@ -102,6 +119,7 @@ def open_for_writing(settings: Settings) -> Storage:
         target = parse_database_url(settings.database_url)
     except DatabaseUrlError as error:
         raise Refused(str(error)) from error
+    check_database(target, writing=True)
     prepare_database(target)
     return open_storage(settings)
 
@@ -339,10 +357,24 @@ def republish(
 
 
 def _bootstrap(settings: Settings) -> str:
+    """The broker to use, refused at once (one line) if nothing listens there."""
     try:
-        return resolve_bootstrap(settings.kafka_bootstrap, settings.broker_port)
+        bootstrap = resolve_bootstrap(settings.kafka_bootstrap, settings.broker_port)
+        if settings.kafka_bootstrap:
+            check_listening(bootstrap)
     except BrokerUnavailable as error:
         raise Refused(str(error)) from error
+    return bootstrap
+
+
+def _check_readable_file(path: Path) -> None:
+    """Refuse (one line) a path that is not a file this process can read."""
+    if path.is_dir():
+        raise Refused(f"{path} is a directory: give a file of JSON lines, or - for stdin")
+    if not path.is_file():
+        raise Refused(f"no such file: {path}")
+    if not os.access(path, os.R_OK):
+        raise Refused(f"cannot read {path}: permission denied")
 
 
 @app.command()
@@ -358,14 +390,12 @@ def publish(
     from ledger.schemas.inbound import inbound_account_id
 
     settings = settings_and_logging()
+    path = None if source == "-" else Path(source)
+    if path is not None:
+        # The file first: a missing file is the mistake to report, whatever else is wrong.
+        _check_readable_file(path)
     bootstrap = _bootstrap(settings)
-    if source == "-":
-        stream = sys.stdin.buffer
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise Refused(f"no such file: {source}")
-        stream = path.open("rb")
+    stream = sys.stdin.buffer if path is None else path.open("rb")
     ensure_topics(bootstrap, settings.partitions)
     producer = ResilientProducer(bootstrap)
     sent = 0
@@ -425,7 +455,10 @@ def broker(
     from ledger.kafka.topics import ensure_topics
 
     ensure_topics(embedded.bootstrap, settings.partitions)
-    stderr.print(f"broker listening on {embedded.bootstrap} (messages are kept in memory only)")
+    announce(
+        f"broker listening on {embedded.bootstrap} (messages are kept in memory only)",
+        bootstrap=embedded.bootstrap,
+    )
     try:
         while not stop.wait(limits.supervisor_check_interval_s):
             if not embedded.is_running():
@@ -455,9 +488,11 @@ def run() -> None:
         supervisor.start(stop)
         if stop.is_set():
             return
-        stderr.print(
-            f"ledger running: broker {supervisor.bootstrap},"
-            f" database {parse_database_url(settings.database_url).describe()}; Ctrl-C stops"
+        database = parse_database_url(settings.database_url).describe()
+        announce(
+            f"ledger running: broker {supervisor.bootstrap}, database {database}; Ctrl-C stops",
+            broker=supervisor.bootstrap,
+            database=database,
         )
         supervisor.run_until(stop)
     finally:
@@ -498,6 +533,7 @@ def bench(
     settings = settings_and_logging()
     try:
         phases = parse_phases(only)
+        _check_bench_dependencies(settings, phases)
         document = run_bench(
             settings,
             events=events,
@@ -511,13 +547,59 @@ def bench(
     print_report(document, json_output=json_output, out=stdout)
 
 
+def _check_bench_dependencies(settings: Settings, phases: tuple[str, ...]) -> None:
+    """The configured PostgreSQL server and broker, checked at once (SQLite runs in a temp dir)."""
+    try:
+        target = parse_database_url(settings.database_url)
+    except DatabaseUrlError as error:
+        raise Refused(str(error)) from error
+    if target.kind == "postgresql":
+        check_database(target, writing=False)
+    if settings.kafka_bootstrap and ("ingest" in phases or "latency" in phases):
+        check_listening(settings.kafka_bootstrap)
+
+
+DATABASE_HINT = "check LEDGER_DATABASE_URL and that the database can be reached"
+BROKER_HINT = "start `ledger run` or `ledger broker`, or check LEDGER_KAFKA_BOOTSTRAP"
+
+
+def _refuse(line: str) -> None:
+    """One line on stderr, exit 2: the person running the command can act on it."""
+    say(line)
+    sys.exit(2)
+
+
+def _outage_line(error: Exception) -> str | None:
+    """The one line for a database or broker that failed mid-command; None if not an outage."""
+    import psycopg
+    from eventsourcing.persistence import InterfaceError, OperationalError
+
+    from ledger.outages import is_outage
+
+    reason = " ".join(str(error).split()) or type(error).__name__
+    try:
+        settings = load_settings()
+        database = parse_database_url(settings.database_url).describe()
+        broker = settings.kafka_bootstrap or f"127.0.0.1:{settings.broker_port}"
+    except (SettingsError, DatabaseUrlError):
+        database, broker = "LEDGER_DATABASE_URL", "LEDGER_KAFKA_BOOTSTRAP"
+    if isinstance(error, OperationalError | InterfaceError | psycopg.OperationalError):
+        return f"ledger: database unavailable: {database}: {reason}; {DATABASE_HINT}"
+    if is_outage(error):
+        return f"ledger: Kafka broker unavailable at {broker}: {reason}; {BROKER_HINT}"
+    return None
+
+
 def main() -> None:
-    """Run the CLI with the exit codes the design promises."""
+    """Run the CLI with the design's exit codes: 2 and one line for what a person can fix."""
     try:
         app()
-    except (Refused, BrokerUnavailable, DatabaseUrlError, PolicyError) as error:
-        say(f"ledger: {error}")
-        sys.exit(2)
+    except (Refused, BrokerUnavailable, DatabaseUrlError, PolicyError, SettingsError) as error:
+        _refuse(f"ledger: {error}")
     except DatabaseUnavailable as error:
-        say(f"ledger: database unavailable: {error}")
-        sys.exit(1)
+        _refuse(f"ledger: database unavailable: {error}; {DATABASE_HINT}")
+    except Exception as error:
+        line = _outage_line(error)
+        if line is None:
+            raise
+        _refuse(line)

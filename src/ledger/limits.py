@@ -99,6 +99,9 @@ from `backoff_initial_s` doubling up to `backoff_max_s` (about 16 s of waiting) 
 # Kafka clients and the embedded broker (added with the Kafka plumbing).
 broker_stop_timeout_s = 6.0
 """How long `EmbeddedBroker.stop()` waits after SIGTERM before SIGKILL (Tansu drains for 5 s)."""
+broker_probe_timeout_s = 2.0
+"""Longest wait of a command a person runs for a TCP connection to a configured broker, before
+it says that none listens there (rather than wait for a Kafka client's bootstrap timeout)."""
 client_bootstrap_timeout_ms = 10_000
 """How long a new Kafka client waits for its first answer from the cluster before failing."""
 client_request_timeout_ms = 10_000
@@ -143,3 +146,9 @@ before it is dead-lettered as `unprocessable` (a second try rules out a passing 
 # Runtime.
 gc_gen0_threshold = 50_000
 """Allocations between collections of the youngest generation in a worker (Python's is 700)."""
+
+# Logs.
+kafka_outage_quiet_s = 60.0
+"""A broker outage's log lines end with a summary once the Kafka clients have logged no error
+for this long (if no successful connection ended it first). Longer than kafka-python's largest
+reconnect back-off (30 s), so one outage is reported once."""

@@ -5,14 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "LEDGER_"
+
+
+class SettingsError(ValueError):
+    """A `LEDGER_*` variable with a value the ledger cannot use; the message is one line."""
 
 
 class Settings(BaseSettings):
     """Every `LEDGER_*` variable the ledger reads."""
 
-    model_config = SettingsConfigDict(env_prefix="LEDGER_", env_ignore_empty=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="ignore")
 
     database_url: str = "sqlite:///ledger.db"
     """`sqlite:///relative`, `sqlite:////absolute` or `postgresql://...`."""
@@ -34,5 +40,20 @@ class Settings(BaseSettings):
 
 
 def load_settings() -> Settings:
-    """Read the settings from the environment."""
-    return Settings()
+    """Read the settings from the environment; a bad value is a SettingsError naming it."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(describe_settings_error(error)) from error
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """One line naming each bad variable, its value and what it should be."""
+    problems = []
+    for problem in error.errors():
+        variable = ENV_PREFIX + "_".join(str(part) for part in problem["loc"]).upper()
+        message = problem["msg"]
+        if message.startswith("Input should be "):
+            message = "should be " + message.removeprefix("Input should be ")
+        problems.append(f"{variable}={problem.get('input')!r}: {message}")
+    return "; ".join(problems)

@@ -23,7 +23,7 @@ from ledger.gc_tuning import tune_gc_for_throughput
 from ledger.ingest import IngestService
 from ledger.kafka.broker import resolve_bootstrap
 from ledger.kafka.clients import ProducerStopped, ResilientProducer, check_crc32c
-from ledger.logging import configure_logging
+from ledger.logging import bind_process_context, configure_logging
 from ledger.outbox import OutboxRelay
 from ledger.policy_file import load_policy
 from ledger.settings import Settings, load_settings
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
+    bind_process_context(worker=args[0])
     # `kill -USR1 <pid>` writes every thread's stack to stderr: for a worker that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     stop = threading.Event()

@@ -18,6 +18,7 @@ from urllib.parse import quote
 import psycopg
 import structlog
 
+from ledger import limits
 from ledger.kafka.broker import EmbeddedBroker, free_port, is_listening
 from ledger.kafka.topics import ensure_topics, make_admin
 from ledger.persistence.urls import DatabaseTarget, parse_database_url
@@ -79,7 +80,11 @@ class Scratch:
         return _postgres_url(self.configured, name)
 
     def _admin(self) -> psycopg.Connection[tuple[object, ...]]:
-        return psycopg.connect(self.configured.conninfo, autocommit=True, connect_timeout=5)
+        return psycopg.connect(
+            self.configured.conninfo,
+            autocommit=True,
+            connect_timeout=limits.database_connect_timeout_s,
+        )
 
     def start_broker(self) -> str:
         """Use the configured broker, else one already listening, else start one on a free port."""

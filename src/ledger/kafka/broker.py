@@ -119,6 +119,27 @@ def resolve_bootstrap(kafka_bootstrap: str | None, broker_port: int) -> str:
     )
 
 
+def check_listening(bootstrap: str, setting: str = "LEDGER_KAFKA_BOOTSTRAP") -> None:
+    """Raise BrokerUnavailable at once unless one of the bootstrap servers accepts a connection.
+
+    For commands a person runs: a Kafka client would wait `limits.client_bootstrap_timeout_ms`
+    and then fail with a traceback; workers instead keep retrying with back-off.
+    """
+    for server in bootstrap.split(","):
+        address = server.strip().rsplit("://", 1)[-1]
+        host, _, port = address.rpartition(":")
+        if not host:
+            host, port = address, "9092"
+        if port.isdigit() and is_listening(
+            host.strip("[]"), int(port), timeout_s=limits.broker_probe_timeout_s
+        ):
+            return
+    raise BrokerUnavailable(
+        f"no Kafka broker listens at {bootstrap} ({setting}): start it there, or unset"
+        f" {setting} and start `ledger run` or `ledger broker`"
+    )
+
+
 def wait_until_answers(bootstrap: str, timeout_s: float) -> None:
     """Block until the cluster at `bootstrap` answers a metadata request, else BrokerUnavailable."""
     deadline = time.monotonic() + timeout_s
