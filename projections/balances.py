@@ -24,14 +24,17 @@ from ledger.persistence.database import Cursor, Database
 from ledger.persistence.mapper import current_state
 from ledger.projection import Generation
 from ledger.public_events import public_data, public_postings
+from projections.balances_tables import (
+    ACCOUNTS,
+    BALANCES,
+    HISTORY,
+    HISTORY_INDEX,
+    NAME,
+    TABLES,
+)
 
-NAME = "balances"
+__all__ = ["ACCOUNTS", "BALANCES", "HISTORY", "NAME", "TABLES", "BalancesProjection"]
 
-ACCOUNTS = "rm_accounts"
-BALANCES = "rm_balances"
-HISTORY = "rm_history"
-TABLES = (ACCOUNTS, BALANCES, HISTORY)
-HISTORY_INDEX = "rm_history_account"
 ACCOUNT_COLUMNS = (
     "account_id",
     "customer_id",

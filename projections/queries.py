@@ -16,7 +16,7 @@ from ledger.clock import epoch_us
 from ledger.domain.postings import LedgerAccount, add_movements, natural_balance
 from ledger.generations import Live, ProjectionMissing, read_live
 from ledger.persistence.database import Cursor, Database
-from projections.balances import ACCOUNTS, BALANCES, HISTORY, NAME
+from projections.balances_tables import ACCOUNTS, BALANCES, HISTORY, NAME
 
 T = TypeVar("T")
 

@@ -15,37 +15,31 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
-import structlog
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from ledger import limits, read_models
-from ledger.domain.policy import PolicyError
-from ledger.generations import ProjectionMissing, live_positions
-from ledger.kafka.broker import (
-    BrokerUnavailable,
-    EmbeddedBroker,
-    check_listening,
-    is_listening,
-    resolve_bootstrap,
-)
-from ledger.logging import configure_logging, logs_as_json
+# Only what every command needs is imported here: a query must answer at once, and importing
+# the Kafka client, psycopg, pydantic-settings, structlog or the domain costs more than a
+# query's whole budget. Everything else is imported by the command that uses it.
+from ledger import limits
+from ledger.env_settings import SettingsError, read_query_settings
+from ledger.lazylog import get_logger
 from ledger.persistence.database import Database, DatabaseUnavailable
-from ledger.persistence.event_store import latest_position
+from ledger.persistence.head import latest_position
 from ledger.persistence.reachability import check_database
 from ledger.persistence.urls import DatabaseUrlError, parse_database_url
-from ledger.settings import Settings, SettingsError, load_settings
-from ledger.storage import Storage, open_storage
-from projections import queries
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ledger.projection import Projection
     from ledger.rebuild import Rebuilt
+    from ledger.settings import Settings
+    from ledger.storage import Storage
 
 app = typer.Typer(
     name="ledger",
@@ -57,9 +51,24 @@ app = typer.Typer(
 projections_app = typer.Typer(help="Read models: their positions; rebuild them aside.")
 app.add_typer(projections_app, name="projections")
 
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True)
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
+
+
+@cache
+def out() -> Console:
+    """The terminal console on stdout (tables)."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True)
+
+
+@cache
+def err() -> Console:
+    """The terminal console on stderr (progress, status lines)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 WaitOption = Annotated[
@@ -82,6 +91,8 @@ def say(line: str) -> None:
 
 def announce(line: str, **fields: Any) -> None:
     """A status line on stderr: a structured log line when logs are JSON, else one plain line."""
+    from ledger.logging import logs_as_json
+
     if logs_as_json():
         log.info(line, **fields)
     else:
@@ -90,6 +101,9 @@ def announce(line: str, **fields: Any) -> None:
 
 def settings_and_logging() -> Settings:
     """Load settings and configure logging (stderr)."""
+    from ledger.logging import configure_logging
+    from ledger.settings import load_settings
+
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
     return settings
@@ -101,10 +115,10 @@ def print_json(document: Any) -> None:
     sys.stdout.flush()
 
 
-def open_for_query(settings: Settings) -> Database:
+def open_for_query(database_url: str) -> Database:
     """A read-only connection for a query: it creates nothing and writes nothing."""
     try:
-        target = parse_database_url(settings.database_url)
+        target = parse_database_url(database_url)
     except DatabaseUrlError as error:
         raise Refused(str(error)) from error
     check_database(target, writing=False)
@@ -121,11 +135,15 @@ def open_for_writing(settings: Settings) -> Storage:
         raise Refused(str(error)) from error
     check_database(target, writing=True)
     prepare_database(target)
+    from ledger.storage import open_storage
+
     return open_storage(settings)
 
 
 def wait_for_read_models(database: Database, reads: tuple[str, ...], timeout_s: float) -> None:
     """Block until every read model a query reads reflects the event store's latest event."""
+    from ledger.generations import live_positions
+
     latest = latest_position(database)
     deadline = time.monotonic() + timeout_s
     delay_s = limits.query_wait_poll_initial_s
@@ -141,19 +159,28 @@ def wait_for_read_models(database: Database, reads: tuple[str, ...], timeout_s: 
 
 @contextmanager
 def query_database(*, reads: tuple[str, ...], wait: bool, timeout_s: float) -> Iterator[Database]:
-    """The database for one query of the `reads` read models: optionally waits for them."""
-    database = open_for_query(settings_and_logging())
+    """The database for one query of the `reads` read models: optionally waits for them.
+
+    Settings are read without pydantic-settings and logging is set up only if a line is written
+    (`ledger.lazylog`): a query answers within a few tenths of a second.
+    """
+    from ledger.generations import ProjectionMissing
+    from projections.queries import NotFound
+
+    database = open_for_query(read_query_settings().database_url)
     try:
         if wait:
             wait_for_read_models(database, reads, timeout_s)
         yield database
-    except (queries.NotFound, ProjectionMissing) as error:
+    except (NotFound, ProjectionMissing) as error:
         raise Refused(str(error)) from error
     finally:
         database.close()
 
 
-def _money_table(title: str, rows: list[tuple[str, Any]]) -> Table:
+def _money_table(title: str, rows: list[tuple[str, Any]]) -> Any:
+    from rich.table import Table
+
     table = Table(title=title)
     table.add_column("field")
     table.add_column("value", justify="right")
@@ -173,12 +200,14 @@ def balance(
     """Balances of one account (optionally as of a past time)."""
     if at is not None and at.tzinfo is None:
         raise Refused("--at needs a timestamp with an offset, e.g. 2026-11-25T10:00:00Z")
+    from projections import queries
+
     with query_database(reads=queries.READS, wait=wait, timeout_s=timeout) as database:
         answer = queries.balance(database, account, at=at)
     if json_output:
         print_json(answer)
     else:
-        stdout.print(_money_table(f"balance of {account}", list(answer.items())))
+        out().print(_money_table(f"balance of {account}", list(answer.items())))
 
 
 @app.command()
@@ -189,11 +218,15 @@ def history(
     timeout: TimeoutOption = limits.query_wait_timeout_s,
 ) -> None:
     """The account's domain events in order, with their postings."""
+    from projections import queries
+
     with query_database(reads=queries.READS, wait=wait, timeout_s=timeout) as database:
         events = queries.history(database, account, limit=limits.history_page_max)
     if json_output:
         print_json(events)
         return
+    from rich.table import Table
+
     table = Table(title=f"history of {account}")
     for column in ("version", "type", "occurred_at", "position", "postings"):
         table.add_column(column)
@@ -208,7 +241,7 @@ def history(
             str(event["position"]),
             postings,
         )
-    stdout.print(table)
+    out().print(table)
 
 
 @app.command("trial-balance")
@@ -218,11 +251,15 @@ def trial_balance(
     timeout: TimeoutOption = limits.query_wait_timeout_s,
 ) -> None:
     """Sums per ledger account and currency; each currency's total is 0."""
+    from projections import queries
+
     with query_database(reads=queries.READS, wait=wait, timeout_s=timeout) as database:
         answer = queries.trial_balance(database)
     if json_output:
         print_json(answer)
         return
+    from rich.table import Table
+
     table = Table(title=f"trial balance at position {answer['position']}")
     for column in ("currency", "ledger_account", "debits_minus_credits"):
         table.add_column(column)
@@ -230,7 +267,7 @@ def trial_balance(
         for name, amount in entry["accounts"].items():
             table.add_row(currency, name, str(amount))
         table.add_row(currency, "total", str(entry["total"]), style="bold")
-    stdout.print(table)
+    out().print(table)
 
 
 @projections_app.command("rebuild")
@@ -239,6 +276,7 @@ def projections_rebuild(
     json_output: JsonOption = False,
 ) -> None:
     """Rebuild read models aside from the event store, then swap each in (queries keep working)."""
+    from ledger import read_models
     from ledger.projection import UnknownEventType
     from ledger.rebuild import RebuildSuperseded
 
@@ -274,7 +312,7 @@ def projections_rebuild(
         print_json(answer)
         return
     for rebuilt in done:
-        stderr.print(
+        err().print(
             f"rebuilt {rebuilt.name}: {rebuilt.events} events, position {rebuilt.position},"
             f" generation {rebuilt.generation} replaced {rebuilt.replaced}"
         )
@@ -286,7 +324,7 @@ def _rebuild_showing_progress(storage: Storage, projection: Projection) -> Rebui
     from ledger.rebuild import rebuild_aside
 
     latest = storage.store.process_recorder.max_notification_id() or 0
-    with Progress(console=stderr, transient=True) as progress:
+    with Progress(console=err(), transient=True) as progress:
         task = progress.add_task(f"rebuilding {projection.name}", total=latest)
 
         def report(position: int) -> None:
@@ -298,9 +336,10 @@ def _rebuild_showing_progress(storage: Storage, projection: Projection) -> Rebui
 @projections_app.command("status")
 def projections_status(json_output: JsonOption = False) -> None:
     """Each read model's position, the event store's head and the lag between them."""
-    from ledger.generations import status
+    from ledger import read_models
+    from ledger.generations import ProjectionMissing, status
 
-    database = open_for_query(settings_and_logging())
+    database = open_for_query(settings_and_logging().database_url)
     try:
         rows = status(database, read_models.names(), lambda: latest_position(database))
     except ProjectionMissing as error:
@@ -310,13 +349,15 @@ def projections_status(json_output: JsonOption = False) -> None:
     if json_output:
         print_json(rows)
         return
+    from rich.table import Table
+
     table = Table(title="read models")
     columns = ("name", "state", "generation", "position", "head", "lag")
     for column in columns:
         table.add_column(column, justify="left" if column in ("name", "state") else "right")
     for row in rows:
         table.add_row(*(str(row[column]) for column in columns))
-    stdout.print(table)
+    out().print(table)
 
 
 @app.command()
@@ -353,11 +394,13 @@ def republish(
     if json_output:
         print_json({"from": from_position, "events": sent})
     else:
-        stderr.print(f"republished {sent} events from position {from_position}")
+        err().print(f"republished {sent} events from position {from_position}")
 
 
 def _bootstrap(settings: Settings) -> str:
     """The broker to use, refused at once (one line) if nothing listens there."""
+    from ledger.kafka.broker import BrokerUnavailable, check_listening, resolve_bootstrap
+
     try:
         bootstrap = resolve_bootstrap(settings.kafka_bootstrap, settings.broker_port)
         if settings.kafka_bootstrap:
@@ -401,7 +444,7 @@ def publish(
     sent = 0
     refused: list[int] = []
     try:
-        with Progress(console=stderr, transient=True) as progress:
+        with Progress(console=err(), transient=True) as progress:
             task = progress.add_task("publishing", total=None)
             for number, raw_line in enumerate(stream, start=1):
                 line = raw_line.rstrip(b"\r\n")
@@ -434,7 +477,7 @@ def publish(
     if json_output:
         print_json({"published": sent, "topic": PAYMENTS_INBOUND, "refused_lines": refused})
     else:
-        stderr.print(f"published {sent} messages to {PAYMENTS_INBOUND} at {bootstrap}")
+        err().print(f"published {sent} messages to {PAYMENTS_INBOUND} at {bootstrap}")
     if refused:
         raise Refused(f"{len(refused)} line(s) too large to publish: {refused[:10]}")
 
@@ -444,6 +487,8 @@ def broker(
     port: Annotated[int | None, typer.Option(help="Port (default LEDGER_BROKER_PORT).")] = None,
 ) -> None:
     """Run the embedded broker alone, in the foreground (messages in memory only)."""
+    from ledger.kafka.broker import EmbeddedBroker, is_listening
+
     settings = settings_and_logging()
     chosen = port or settings.broker_port
     if is_listening("127.0.0.1", chosen):
@@ -507,7 +552,7 @@ def demo(json_output: JsonOption = False) -> None:
     # The demo prints its own account of what happens; keep the logs to warnings unless asked.
     os.environ.setdefault("LEDGER_LOG_LEVEL", "warning")
     settings = settings_and_logging()
-    run_demo(settings, json_output=json_output, out=stdout, err=stderr)
+    run_demo(settings, json_output=json_output, out=out(), err=err())
 
 
 @app.command()
@@ -540,11 +585,11 @@ def bench(
             accounts=accounts,
             phases=phases,
             workers=settings.ingest_workers if workers is None else workers,
-            err=stderr,
+            err=err(),
         )
     except BenchRefused as error:
         raise Refused(str(error)) from error
-    print_report(document, json_output=json_output, out=stdout)
+    print_report(document, json_output=json_output, out=out())
 
 
 def _check_bench_dependencies(settings: Settings, phases: tuple[str, ...]) -> None:
@@ -556,6 +601,8 @@ def _check_bench_dependencies(settings: Settings, phases: tuple[str, ...]) -> No
     if target.kind == "postgresql":
         check_database(target, writing=False)
     if settings.kafka_bootstrap and ("ingest" in phases or "latency" in phases):
+        from ledger.kafka.broker import check_listening
+
         check_listening(settings.kafka_bootstrap)
 
 
@@ -575,6 +622,7 @@ def _outage_line(error: Exception) -> str | None:
     from eventsourcing.persistence import InterfaceError, OperationalError
 
     from ledger.outages import is_outage
+    from ledger.settings import load_settings
 
     reason = " ".join(str(error).split()) or type(error).__name__
     try:
@@ -590,16 +638,40 @@ def _outage_line(error: Exception) -> str | None:
     return None
 
 
+def _loaded(module: str, name: str) -> type[Exception] | None:
+    """An exception class of a module the command imported; None if it never did (so none of
+    its errors can be in hand, and a query never pays for importing it here)."""
+    loaded = sys.modules.get(module)
+    found: type[Exception] | None = getattr(loaded, name, None) if loaded else None
+    return found
+
+
+def _refusal(error: Exception) -> str | None:
+    """The one line for an error the person running the command can act on; None otherwise."""
+    refusals = tuple(
+        cls
+        for cls in (
+            Refused,
+            DatabaseUrlError,
+            SettingsError,
+            _loaded("ledger.kafka.broker", "BrokerUnavailable"),
+            _loaded("ledger.domain.policy", "PolicyError"),
+        )
+        if cls is not None
+    )
+    if isinstance(error, refusals):
+        return f"ledger: {error}"
+    if isinstance(error, DatabaseUnavailable):
+        return f"ledger: database unavailable: {error}; {DATABASE_HINT}"
+    return _outage_line(error)
+
+
 def main() -> None:
     """Run the CLI with the design's exit codes: 2 and one line for what a person can fix."""
     try:
         app()
-    except (Refused, BrokerUnavailable, DatabaseUrlError, PolicyError, SettingsError) as error:
-        _refuse(f"ledger: {error}")
-    except DatabaseUnavailable as error:
-        _refuse(f"ledger: database unavailable: {error}; {DATABASE_HINT}")
     except Exception as error:
-        line = _outage_line(error)
+        line = _refusal(error)
         if line is None:
             raise
         _refuse(line)

@@ -13,17 +13,17 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import psycopg
-import structlog
-from eventsourcing.persistence import Notification
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ledger import limits
-from ledger.persistence.database import Cursor, Database
+from ledger.lazylog import get_logger
+from ledger.persistence.database import Cursor, Database, is_psycopg_error
 from ledger.projection import Generation, Projection, known_events
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:
+    from eventsourcing.persistence import Notification
+
+log = get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -78,9 +78,15 @@ def prepare_projections(database: Database, projections: Iterable[Projection]) -
             log.info("read model created", projection=projection.name, generation=first.number)
 
 
+def _is_database_error(error: BaseException) -> bool:
+    return isinstance(error, sqlite3.Error) or is_psycopg_error(error)
+
+
 def _missing_table(error: Exception) -> bool:
-    if isinstance(error, psycopg.errors.UndefinedTable):
-        return True
+    if is_psycopg_error(error):
+        import psycopg.errors
+
+        return isinstance(error, psycopg.errors.UndefinedTable)
     return isinstance(error, sqlite3.OperationalError) and "no such table" in str(error)
 
 
@@ -93,8 +99,8 @@ def live_state(cursor: Cursor, name: str, *, lock: bool = False) -> Live:
             (name,),
         )
         row = cursor.fetchone()
-    except (psycopg.Error, sqlite3.Error) as error:
-        if not _missing_table(error):
+    except Exception as error:
+        if not _is_database_error(error) or not _missing_table(error):
             raise
         row = None
     if row is None:
@@ -173,7 +179,9 @@ def read_live(database: Database, name: str, query: Callable[[Cursor, Live], T])
         started_on.clear()
         try:
             return database.query(read)
-        except (psycopg.Error, sqlite3.Error):
+        except Exception as error:
+            if not _is_database_error(error):
+                raise
             if not started_on or attempt == limits.live_read_attempts_max:
                 raise
             current = database.query(lambda cursor: live_state(cursor, name).generation)

@@ -61,6 +61,16 @@ def _add_process_context(
     return event_dict
 
 
+def ensure_configured() -> None:
+    """Configure logging from the `LEDGER_*` environment unless this process already did."""
+    if _configured:
+        return
+    from ledger.env_settings import read_query_settings
+
+    settings = read_query_settings()
+    configure_logging(settings.log_format, settings.log_level)
+
+
 def configure_logging(
     log_format: Literal["json", "console"] | None = None, level: str = "info"
 ) -> None:

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import structlog
-from eventsourcing.persistence import Notification
+from ledger.lazylog import get_logger
 
-from ledger.persistence.database import Cursor, Database
-from ledger.public_events import event_type_name
+if TYPE_CHECKING:
+    from eventsourcing.persistence import Notification
 
-log = structlog.get_logger(__name__)
+    from ledger.persistence.database import Cursor, Database
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,12 @@ def known_events(
     A live run skips an unknown type with a warning (a newer writer may have added it); a rebuild
     (`strict`) stops, since a model built without it would be wrong without saying so.
     """
+    from ledger.domain.event_names import event_name  # the domain: not on a query's path
+
     kept: list[Notification] = []
     for notification in notifications:
         try:
-            type_name = event_type_name(notification.topic)
+            type_name = event_name(notification.topic)
         except LookupError:
             type_name = notification.topic
         if type_name in projection.event_types:

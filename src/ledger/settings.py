@@ -8,11 +8,9 @@ from typing import Literal
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ENV_PREFIX = "LEDGER_"
+from ledger.env_settings import DEFAULT_DATABASE_URL, ENV_PREFIX, SettingsError
 
-
-class SettingsError(ValueError):
-    """A `LEDGER_*` variable with a value the ledger cannot use; the message is one line."""
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "load_settings"]
 
 
 class Settings(BaseSettings):
@@ -20,7 +18,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="ignore")
 
-    database_url: str = "sqlite:///ledger.db"
+    database_url: str = DEFAULT_DATABASE_URL
     """`sqlite:///relative`, `sqlite:////absolute` or `postgresql://...`."""
     kafka_bootstrap: str | None = None
     """An external broker; unset means the embedded broker on 127.0.0.1:broker_port."""

@@ -11,17 +11,28 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-import psycopg
+if TYPE_CHECKING:
+    import psycopg
 
 from ledger import limits
 from ledger.persistence.urls import DatabaseTarget
 
 T = TypeVar("T")
+
+
+def is_psycopg_error(error: BaseException, name: str = "Error") -> bool:
+    """Whether `error` is psycopg's error class `name`, without importing psycopg for it.
+
+    A process that never imported psycopg cannot have one of its errors in hand.
+    """
+    module = sys.modules.get("psycopg")
+    return module is not None and isinstance(error, getattr(module, name))
 
 
 class DatabaseUnavailable(Exception):
@@ -159,6 +170,8 @@ class Database:
         if self._postgres is None or self._postgres.closed or self._postgres.broken:
             # A read-only database's session refuses every write, whatever its role may do.
             options = "-c default_transaction_read_only=on" if self.read_only else ""
+            import psycopg  # here, not at the top: a query on SQLite never pays for it
+
             try:
                 self._postgres = psycopg.connect(
                     self.target.conninfo,
@@ -182,7 +195,9 @@ class Database:
             if not _sqlite_busy(error):
                 raise
             raise DatabaseUnavailable(f"{self.target.describe()}: {error}") from error
-        except psycopg.OperationalError as error:
+        except Exception as error:
+            if not is_psycopg_error(error, "OperationalError"):
+                raise
             self._drop_postgres()
             raise DatabaseUnavailable(f"{self.target.describe()}: {error}") from error
 

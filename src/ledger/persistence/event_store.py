@@ -9,12 +9,12 @@ from eventsourcing.application import Application
 from eventsourcing.persistence import Mapper, ProcessRecorder
 
 from ledger import limits
-from ledger.persistence.database import Cursor, Database
+from ledger.persistence.head import APPLICATION_NAME, events_table, latest_position
 from ledger.persistence.mapper import OrjsonMapper
 from ledger.persistence.recorders import InboundKeyRecorder
 from ledger.persistence.urls import DatabaseTarget
 
-APPLICATION_NAME = "Ledger"
+__all__ = ["APPLICATION_NAME", "EventStore", "events_table", "latest_position", "open_event_store"]
 
 
 def event_store_env(target: DatabaseTarget, *, create_table: bool) -> dict[str, str]:
@@ -87,29 +87,3 @@ class EventStore(Application[UUID]):
 def open_event_store(target: DatabaseTarget, *, create_table: bool = False) -> EventStore:
     """Construct the event store for a database target."""
     return EventStore(env=event_store_env(target, create_table=create_table))
-
-
-def events_table(target: DatabaseTarget) -> str:
-    """The event store's table, named as the eventsourcing recorders name it."""
-    if target.kind == "sqlite":
-        return "stored_events"
-    return f'"{target.schema or "public"}"."{APPLICATION_NAME.lower()}_events"'
-
-
-def latest_position(database: Database) -> int:
-    """The event store's latest notification id, read without the library (0: none, no table).
-
-    Queries use this rather than an `EventStore`, whose construction would open the SQLite file
-    for writing (it sets WAL mode) and which has no read-only form.
-    """
-    table = events_table(database.target)
-    notification_id = "rowid" if database.kind == "sqlite" else "notification_id"
-
-    def read(cursor: Cursor) -> int:
-        if not database.has_tables(cursor, (table,)):
-            return 0
-        cursor.execute(f"SELECT MAX({notification_id}) FROM {table}")
-        row = cursor.fetchone()
-        return int(row[0] or 0)
-
-    return database.query(read)

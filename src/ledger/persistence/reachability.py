@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import psycopg
+from typing import TYPE_CHECKING
 
 from ledger import limits
 from ledger.persistence.database import DatabaseUnavailable
 from ledger.persistence.urls import DatabaseTarget
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 def check_database(target: DatabaseTarget, *, writing: bool) -> None:
@@ -44,6 +46,8 @@ def connect_error_reason(error: psycopg.OperationalError) -> str:
 
 
 def _check_postgres(target: DatabaseTarget) -> None:
+    import psycopg  # here: a query on SQLite never loads the PostgreSQL driver
+
     try:
         connection = psycopg.connect(
             target.conninfo, connect_timeout=limits.database_connect_timeout_s
