@@ -60,13 +60,19 @@ def run_tail(
     batch_max: int = limits.notification_batch_max,
     idle_s: float = limits.projection_idle_poll_s,
     until_caught_up: bool = False,
+    until: Callable[[], bool] | None = None,
 ) -> int:
-    """Feed the handler every notification after its position until stopped; returns the count."""
+    """Feed the handler every notification after its position until stopped; returns the count.
+
+    `until`, when given, is asked between batches; True ends the tail (the batch in hand done).
+    """
     recorder = store.process_recorder
     handled = 0
     backoff_s = limits.backoff_initial_s
     position: int | None = None
     while not stop.is_set():
+        if until is not None and until():
+            break
         try:
             if position is None:
                 # Read inside the retry: the database may be down at start or after an error.

@@ -22,8 +22,8 @@ from ledger.ingest import IngestService
 from ledger.kafka.broker import resolve_bootstrap
 from ledger.kafka.clients import ProducerStopped, ResilientProducer, check_crc32c
 from ledger.logging import configure_logging
-from ledger.outbox import OutboxRelay
 from ledger.policy_file import load_policy
+from ledger.relay import run_relay
 from ledger.settings import Settings, load_settings
 from ledger.storage import open_storage
 from ledger.tailing import run_tail
@@ -71,14 +71,7 @@ def run_worker(name: str, settings: Settings, stop: threading.Event) -> None:
             finally:
                 producer.close()
         elif name == "relay":
-            bootstrap = resolve_bootstrap(settings.kafka_bootstrap, settings.broker_port)
-            producer = ResilientProducer(bootstrap, stop=stop)
-            relay = OutboxRelay(storage.database, producer)
-            log.info("relay started", bootstrap=bootstrap, position=relay.position())
-            try:
-                run_tail(storage.store, relay, stop)
-            finally:
-                producer.close()
+            run_relay(storage, settings, stop)
         elif name == "projections":
             projection = BalancesProjection(storage.database)
             log.info("projections started", position=projection.position())
