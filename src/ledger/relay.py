@@ -128,6 +128,8 @@ class RelayWorker:
         self.stop = stop
         self.share: int | None = None
         """The share held now; None while standing by."""
+        self.configuration: RelayConfiguration | None = None
+        """The configuration the share is relayed under now; None while standing by."""
 
     def run(self) -> None:
         """Hold a share and relay it until stopped; stand by whenever none is free."""
@@ -160,6 +162,7 @@ class RelayWorker:
                 log.warning("relay lease lost: standing by", share=index, reason=str(lost))
             finally:
                 self.share = None
+                self.configuration = None
                 self.leases.release()
 
     def _acquire(self) -> int | None:
@@ -179,6 +182,7 @@ class RelayWorker:
             configuration = RelayConfiguration(self.shares, partitions)
             if not self._enter(configuration):
                 return
+            self.configuration = configuration
             share = Share(index, self.shares, partitions)
             relay = OutboxRelay(
                 self.storage.database,

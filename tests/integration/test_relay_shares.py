@@ -29,7 +29,7 @@ from ledger.ingest import InboundMessage, IngestService
 from ledger.kafka.broker import EmbeddedBroker
 from ledger.kafka.clients import PartitionsChanged, ProducerStopped, ResilientProducer
 from ledger.kafka.partitioning import partition_for_key
-from ledger.kafka.topics import ensure_topics
+from ledger.kafka.topics import describe_topic, ensure_topics, make_admin
 from ledger.persistence.database import Database
 from ledger.persistence.event_store import open_event_store
 from ledger.persistence.positions import write_position
@@ -349,6 +349,52 @@ def test_changing_the_share_count_restarts_from_the_lowest_old_position(
     }
     assert sorted((account, version) for _, account, version in new) == sorted(expected_new)
     check_delivery(after_two, database_url)
+
+
+def recreate_with_partitions(bootstrap: str, topic: str, partitions: int) -> None:
+    """Delete `topic` and create it again with `partitions` partitions.
+
+    A producer's metadata request in between would auto-create it with the broker's default
+    count; then it is done again (bounded).
+    """
+    admin = make_admin(bootstrap)
+    try:
+        for _ in range(5):
+            admin.delete_topics([topic])
+            ensure_topics(bootstrap, partitions, [topic])
+            info = describe_topic(admin, topic)
+            if info is not None and len(info.partitions) == partitions:
+                return
+    finally:
+        admin.close()
+    raise AssertionError(f"could not recreate {topic} with {partitions} partitions")
+
+
+def test_a_changed_partition_count_recomputes_the_shares(
+    bootstrap: str, database_url: str, facts: Facts
+) -> None:
+    first = facts.add(accounts=20, events=200)
+    with relays(database_url, bootstrap, [0, 1], shares=2) as running:
+        wait_published(database_url, first, "two shares caught up")
+        recreate_with_partitions(bootstrap, "ledger.events", 6)
+        # Until a relay notices (within a check interval), it still sends by four partitions.
+        wait_for(
+            lambda: all(
+                r.worker is not None and r.worker.configuration == RelayConfiguration(2, 6)
+                for r in running
+            ),
+            "both relays noticed six partitions",
+            timeout_s=3 * limits.topic_check_interval_s + 10,
+        )
+        assert recorded_configuration(database_url) == RelayConfiguration(2, 6)
+        last = facts.add(accounts=5, events=200)
+        wait_published(database_url, last, "two shares of six partitions caught up")
+    # The new topic has every event after the lowest old position, each in its key's partition.
+    records = read_topic(bootstrap, "ledger.events")
+    assert all(r.partition == partition_for_key(r.key, 6) for r in records)
+    assert sorted((r.key.decode(), orjson.loads(r.value)["version"]) for r in records) == sorted(
+        (e.account_id, e.version) for e in store_events(database_url) if e.notification_id > first
+    )
 
 
 def _new_records(
