@@ -7,7 +7,8 @@ message carries the same `ce_id` each time so downstream can de-duplicate.
 
 A relay publishes one share of `ledger.events` (see `ledger.kafka.partitioning`): the events
 whose account id the client's partitioner puts in a partition of its share, sent to that
-partition explicitly. It reads every notification but decodes only the account id of the others.
+partition explicitly. It reads every notification; of the others' it only reads the account id
+from the stored JSON (no upcasting, no public JSON, nothing sent).
 The messages an event routes elsewhere (notification requests) go with it, keyed the same way.
 """
 
