@@ -369,6 +369,8 @@ def republish(
 ) -> None:
     """Send stored events to ledger.events again (same ce_id: downstream de-duplicates)."""
     from ledger.kafka.clients import ResilientProducer
+    from ledger.kafka.partitioning import Share
+    from ledger.kafka.topics import LEDGER_EVENTS
     from ledger.outbox import OutboxRelay
     from ledger.persistence.positions import reset_position
     from ledger.tailing import run_tail
@@ -383,8 +385,16 @@ def republish(
     try:
         with storage.database.transaction() as cursor:
             reset_position(cursor, name, from_position - 1)
+        # Every share's events, each to the partition the relays use: one share of them all.
+        everything = Share(0, 1, producer.partition_count(LEDGER_EVENTS))
         # Only ledger.events: customers are not notified a second time.
-        relay = OutboxRelay(storage.database, producer, position_name=name, notifications=False)
+        relay = OutboxRelay(
+            storage.database,
+            producer,
+            share=everything,
+            position_name=name,
+            notifications=False,
+        )
         sent = run_tail(storage.store, relay, threading.Event(), until_caught_up=True)
         with storage.database.transaction() as cursor:
             reset_position(cursor, name)

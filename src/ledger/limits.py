@@ -84,6 +84,21 @@ sqlite_quiescent_read_attempts_max = 5
 """Tries of a query on a SQLite file that nobody had open, read as immutable, when a writer
 changed the file during the read (the next try reads through the writer's WAL)."""
 
+# Relays (shares of ledger.events, leases, standbys).
+relay_workers_max = 64
+"""Most relay shares (`LEDGER_RELAY_WORKERS`); more than the partitions leaves shares idle."""
+relay_partition_cache_max = 100_000
+"""Keys whose partition a relay remembers (murmur2 in pure Python costs about 10 µs a key)."""
+relay_standby_retry_s = 1.0
+"""How often a standby relay tries again to take a share that another relay holds."""
+relay_lease_ttl_s = 6.0
+"""How long a SQLite lease row stays valid without renewal: a relay killed with its lease held
+is replaced within about this long. (PostgreSQL leases are advisory locks, gone with the
+holder's connection.)"""
+relay_lease_renew_interval_s = 1.0
+"""How often a relay on SQLite renews its lease; it stops publishing once a lease has gone
+`relay_lease_ttl_s - relay_lease_renew_interval_s` without renewal, before anyone may take it."""
+
 # Processes.
 supervisor_check_interval_s = 0.5
 """How often `ledger run` (and `ledger broker`) checks its children while waiting for a stop."""
@@ -123,6 +138,10 @@ consumer_partition_fetch_bytes_max = broker_message_bytes_max
 still arrives, alone in its fetch, so an oversized message is dead-lettered, never stuck."""
 consumer_fetch_bytes_max = 16 * broker_message_bytes_max
 """Bytes one fetch returns over all partitions (kafka `fetch_max_bytes`)."""
+producer_metadata_max_age_ms = 300_000
+"""How old a producer's cluster metadata may grow before it is fetched again (kafka-python's
+default). The relay's producer refreshes every `topic_check_interval_s` instead: a relay computes
+its shares from that metadata's partition count."""
 producer_linger_ms = 5
 """How long a producer waits to fill a batch before sending it (kafka `linger_ms`)."""
 producer_batch_bytes_max = 256 * 1024

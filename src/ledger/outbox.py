@@ -4,6 +4,12 @@ It reads the event store's notification log after its own position, sends each e
 detected overpayment, a customer notification request), flushes, and only then records the new
 position. A crash between the flush and the record re-sends one batch: at least once, and every
 message carries the same `ce_id` each time so downstream can de-duplicate.
+
+A relay publishes one share of `ledger.events` (see `ledger.kafka.partitioning`): the events
+whose account id the client's partitioner puts in a partition of its share, sent to that
+partition explicitly. It reads every notification; of the others' it only reads the account id
+from the stored JSON (no upcasting, no public JSON, nothing sent).
+The messages an event routes elsewhere (notification requests) go with it, keyed the same way.
 """
 
 from __future__ import annotations
@@ -18,15 +24,15 @@ from eventsourcing.persistence import Notification
 
 from ledger.domain.event_names import OVERPAYMENT_DETECTED
 from ledger.kafka.clients import ResilientProducer
+from ledger.kafka.partitioning import Share
 from ledger.kafka.topics import LEDGER_EVENTS, LEDGER_NOTIFICATIONS
 from ledger.persistence.database import Database
-from ledger.persistence.mapper import current_state
+from ledger.persistence.mapper import decode_state, upcast_state
 from ledger.persistence.positions import read_position, write_position
+from ledger.persistence.relay_leases import LeaseLost
 from ledger.public_events import cloudevent_headers, public_event
 
 log = structlog.get_logger(__name__)
-
-RELAY_POSITION_NAME = "outbox:ledger.events"
 
 
 def notification_request(public: dict[str, Any]) -> dict[str, Any]:
@@ -59,20 +65,25 @@ ROUTES: Final[dict[str, tuple[Route, ...]]] = {
 
 
 class OutboxRelay:
-    """Sends stored events to Kafka and records how far it got."""
+    """Sends one share's stored events to Kafka and records how far it got."""
 
     def __init__(
         self,
         database: Database,
         producer: ResilientProducer,
         *,
-        position_name: str = RELAY_POSITION_NAME,
+        share: Share,
+        position_name: str,
         notifications: bool = True,
+        lease_held: Callable[[], bool] | None = None,
     ) -> None:
+        """`lease_held`, when given, is asked before each batch; False stops the relay."""
         self.name = position_name
+        self.share = share
         self.notifications = notifications
         self.database = database
         self.producer = producer
+        self.lease_held = lease_held
 
     def position(self) -> int:
         """The last notification id known to be acknowledged by the broker."""
@@ -80,17 +91,30 @@ class OutboxRelay:
             return read_position(cursor, self.name)
 
     def handle(self, notifications: Sequence[Notification]) -> None:
-        """Publish a batch, wait for every acknowledgement, then record the position."""
+        """Publish the batch's events of this share, wait for every acknowledgement, then record
+        the position (past the other shares' events too)."""
+        if self.lease_held is not None and not self.lease_held():
+            raise LeaseLost(f"{self.name}: the share's lease is no longer held")
         for notification in notifications:
-            state = current_state(notification.topic, notification.state)
-            public = public_event(notification, state)
-            key = str(public["account_id"]).encode()
+            state = decode_state(notification.state)
+            key = str(state["account_id"]).encode()
+            partition = self.share.partition_if_owned(key)
+            if partition is None:
+                continue
+            public = public_event(notification, upcast_state(notification.topic, state))
             headers = cloudevent_headers(notification, public)
-            self.producer.send(LEDGER_EVENTS, key=key, value=orjson.dumps(public), headers=headers)
+            self.producer.send(
+                LEDGER_EVENTS,
+                key=key,
+                value=orjson.dumps(public),
+                headers=headers,
+                partition=partition,
+            )
             if not self.notifications:
                 continue
             for route in ROUTES.get(public["type"], ()):
                 message = route.message(public)
+                # Same key, same share: the client's partitioner keeps one account's order.
                 self.producer.send(
                     route.topic,
                     key=key,

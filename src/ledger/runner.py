@@ -51,15 +51,13 @@ class Supervisor:
         extra_env: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
-        # `ingest` runs `settings.ingest_workers` times; the copies share the partitions.
+        # `ingest` runs `settings.ingest_workers` times (the copies share the partitions) and
+        # `relay` `settings.relay_workers` times (one share of ledger.events each).
+        copies = {"ingest": settings.ingest_workers, "relay": settings.relay_workers}
         self.worker_names = tuple(
             instance
             for name in workers
-            for instance in (
-                [name, *(f"{name}-{n}" for n in range(2, settings.ingest_workers + 1))]
-                if name == "ingest"
-                else [name]
-            )
+            for instance in [name, *(f"{name}-{n}" for n in range(2, copies.get(name, 1) + 1))]
         )
         self.extra_env = dict(extra_env or {})
         self.broker: EmbeddedBroker | None = None
@@ -96,9 +94,13 @@ class Supervisor:
         env.update(self.extra_env)
         env["LEDGER_KAFKA_BOOTSTRAP"] = self.bootstrap
         env["LEDGER_DATABASE_URL"] = self.settings.database_url
+        worker, _, copy = name.partition("-")
+        if worker == "relay":
+            # relay tries share 0 first, relay-2 share 1, ...: settled at once on a clean start.
+            env["LEDGER_RELAY_SHARE"] = str(int(copy or 1) - 1)
         # The parent-death signal is tied to the spawning thread: spawn from the main thread.
         return subprocess.Popen(
-            [sys.executable, "-m", "ledger.workers", name.split("-", 1)[0]],
+            [sys.executable, "-m", "ledger.workers", worker],
             env=env,
             preexec_fn=set_parent_death_signal,
         )

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ledger import limits
 from ledger.env_settings import DEFAULT_DATABASE_URL, ENV_PREFIX, SettingsError
 
 __all__ = ["ENV_PREFIX", "Settings", "SettingsError", "load_settings"]
@@ -31,6 +32,12 @@ class Settings(BaseSettings):
     partitions: int = Field(default=4, ge=1, le=1024)
     ingest_workers: int = Field(default=1, ge=1, le=64)
     """Ingest processes `ledger run` starts; they share the partitions of payments.inbound."""
+    relay_workers: int = Field(default=1, ge=1, le=limits.relay_workers_max)
+    """Shares of ledger.events, one relay each: `ledger run` starts this many relays. Every
+    relay of one database must be given the same number."""
+    relay_share: int | None = Field(default=None, ge=0, lt=limits.relay_workers_max)
+    """The share a relay tries first (`ledger run` sets it: 0 for relay, 1 for relay-2, ...);
+    unset: 0. A relay takes any free share when that one is held."""
     actor: str | None = None
     role: str | None = None
     consumer_group_prefix: str = "ledger"

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from ledger.persistence.database import Database
 from ledger.persistence.event_store import EventStore, open_event_store
 from ledger.persistence.positions import POSITIONS_DDL
+from ledger.persistence.relay_leases import SQLITE_LEASES_DDL
+from ledger.persistence.relay_positions import CONFIGURATION_DDL
 from ledger.persistence.schema_lock import schema_lock
 from ledger.persistence.urls import DatabaseTarget, parse_database_url
 from ledger.settings import Settings
@@ -46,6 +48,9 @@ def prepare_schema(
         try:
             with database.transaction() as cursor:
                 cursor.execute(POSITIONS_DDL)
+                cursor.execute(CONFIGURATION_DDL)
+                if target.kind == "sqlite":
+                    cursor.execute(SQLITE_LEASES_DDL)
                 for statement in read_model_schema:
                     cursor.execute(statement)
             if then is not None:

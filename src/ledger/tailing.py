@@ -60,8 +60,12 @@ def run_tail(
     batch_max: int = limits.notification_batch_max,
     idle_s: float = limits.projection_idle_poll_s,
     until_caught_up: bool = False,
+    until: Callable[[], bool] | None = None,
 ) -> int:
-    """Feed the handler every notification after its position until stopped; returns the count."""
+    """Feed the handler every notification after its position until stopped; returns the count.
+
+    `until`, when given, is asked between batches; True ends the tail (the batch in hand done).
+    """
     return run_tails(
         store,
         [handler],
@@ -69,6 +73,7 @@ def run_tail(
         batch_max=batch_max,
         idle_s=idle_s,
         until_caught_up=until_caught_up,
+        until=until,
     )
 
 
@@ -80,11 +85,13 @@ def run_tails(
     batch_max: int = limits.notification_batch_max,
     idle_s: float = limits.projection_idle_poll_s,
     until_caught_up: bool = False,
+    until: Callable[[], bool] | None = None,
 ) -> int:
     """Feed each handler every notification after its own position until stopped.
 
     Each handler keeps its own position; handlers standing at the same position share one read
     of the log per round. Returns the number of notifications handed over, over all handlers.
+    `until`, when given, is asked between rounds; True ends the tail (the round in hand done).
     """
     recorder = store.process_recorder
     names = ", ".join(handler.name for handler in handlers)
@@ -92,6 +99,8 @@ def run_tails(
     backoff_s = limits.backoff_initial_s
     positions: list[int | None] = [None] * len(handlers)
     while not stop.is_set():
+        if until is not None and until():
+            break
         behind = False
         try:
             pages: dict[int, Sequence[Notification]] = {}

@@ -24,11 +24,11 @@ from ledger.ingest import IngestService
 from ledger.kafka.broker import resolve_bootstrap
 from ledger.kafka.clients import ProducerStopped, ResilientProducer, check_crc32c
 from ledger.logging import bind_process_context, configure_logging
-from ledger.outbox import OutboxRelay
 from ledger.policy_file import load_policy
+from ledger.relay import run_relay
 from ledger.settings import Settings, load_settings
 from ledger.storage import open_storage
-from ledger.tailing import run_tail, run_tails
+from ledger.tailing import run_tails
 
 WORKER_NAMES = ("ingest", "relay", "projections")
 
@@ -80,14 +80,7 @@ def run_worker(name: str, settings: Settings, stop: threading.Event) -> None:
             finally:
                 producer.close()
         elif name == "relay":
-            bootstrap = resolve_bootstrap(settings.kafka_bootstrap, settings.broker_port)
-            producer = ResilientProducer(bootstrap, stop=stop)
-            relay = OutboxRelay(storage.database, producer)
-            log.info("relay started", bootstrap=bootstrap, position=relay.position())
-            try:
-                run_tail(storage.store, relay, stop)
-            finally:
-                producer.close()
+            run_relay(storage, settings, stop)
         elif name == "projections":
             handlers = read_models.live_handlers(storage.database)
             log.info(

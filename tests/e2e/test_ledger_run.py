@@ -26,6 +26,7 @@ from tests.e2e.harness import (
     trial_balance,
     wait_for,
 )
+from tests.faults.harness import max_notification_id, positions, store_events
 from tests.processes import gone
 
 
@@ -241,3 +242,33 @@ def test_two_ingest_workers_share_the_partitions(
     # Each ingest worker owns part of the partitions after the group settles.
     assert set(assigned) == {0, 1, 2, 3}
     assert log_text.count('"ingest started"') == 2
+
+
+def test_two_ledger_runs_on_one_database_publish_each_event_once(
+    fresh_broker: EmbeddedBroker, database_url: str, tmp_path: Path
+) -> None:
+    env = ledger_env(fresh_broker.bootstrap, database_url, LEDGER_RELAY_WORKERS="2")
+    lines = history_lines(accounts=40, events=2_000, seed=5)
+    expected = natural(expected_balances(lines))
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    with running_ledger(env, first_log) as first, running_ledger(env, second_log) as second:
+        for run in (first, second):
+            wait_for(lambda run=run: len(psutil.Process(run.pid).children()) == 4, "workers")
+        publish(fresh_broker.bootstrap, lines, key_of)
+        wait_for(
+            lambda: read_balances(database_url, list(expected)) == expected,
+            "balances of the history",
+        )
+        wait_for(
+            lambda: positions(database_url)["relay"] == max_notification_id(database_url),
+            "every share relayed",
+        )
+        # Four relays for two shares: two hold one each, two stand by (until one stops).
+        log_text = first_log.read_text() + second_log.read_text()
+        assert log_text.count('"relay share acquired"') == 2
+        assert log_text.count('"relay standby: every share is held by another relay"') == 2
+    ce_ids = [
+        dict(record.headers)["ce_id"].decode()
+        for record in read_topic(fresh_broker.bootstrap, "ledger.events")
+    ]
+    assert len(ce_ids) == len(set(ce_ids)) == len(store_events(database_url))

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from ledger.kafka.broker import set_parent_death_signal
 from ledger.persistence.database import Database
 from ledger.persistence.event_store import open_event_store
 from ledger.persistence.mapper import decode_state
-from ledger.persistence.positions import read_position
+from ledger.persistence.relay_positions import relay_position
 from ledger.persistence.urls import parse_database_url
 from ledger.public_events import event_type_name
 from ledger.settings import Settings
@@ -66,11 +67,19 @@ class Workers:
         return env
 
     def start(self, name: str) -> None:
-        """Start one worker; call from the main thread (the parent-death signal is per thread)."""
+        """Start one worker; call from the main thread (the parent-death signal is per thread).
+
+        `relay-2`, `relay-3`, ... are more relays, trying shares 1, 2, ... first (as `ledger run`
+        starts them).
+        """
+        worker, _, copy = name.partition("-")
+        env = self.env()
+        if worker == "relay":
+            env["LEDGER_RELAY_SHARE"] = str(int(copy or 1) - 1)
         log_file = (self.log_dir / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "ledger.workers", name],
-            env=self.env(),
+            [sys.executable, "-m", "ledger.workers", worker],
+            env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             preexec_fn=set_parent_death_signal,
@@ -78,9 +87,9 @@ class Workers:
         log_file.close()
         self.running[name] = _Worker(process)
 
-    def start_all(self) -> None:
+    def start_all(self, names: Sequence[str] = WORKERS) -> None:
         """Start every worker."""
-        for name in WORKERS:
+        for name in names:
             self.start(name)
 
     def kill(self, name: str) -> None:
@@ -224,12 +233,12 @@ def sleep_checking(workers: Workers, seconds: float) -> None:
 
 
 def positions(database_url: str) -> dict[str, int]:
-    """Where the relay and the balances projection stand in the event store's log."""
+    """Where the relays (the share furthest behind) and the balances projection stand."""
     database = Database(parse_database_url(database_url))
     try:
         with database.read() as cursor:
             return {
-                "relay": read_position(cursor, "outbox:ledger.events"),
+                "relay": relay_position(cursor),
                 "projection": live_state(cursor, "balances").position,
             }
     finally:

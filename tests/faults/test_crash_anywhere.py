@@ -5,6 +5,10 @@ of the test's own. A seeded RNG picks the victim and the moment; the victim is r
 (as the Supervisor would). At the end the state must equal a clean run's: the same balances, trial
 balance zero, read model and outbox complete, every bad line dead-lettered, nothing applied twice.
 
+With two relays (LEDGER_RELAY_WORKERS=2, one share of ledger.events each) the outbox must still
+deliver every event at least once, each account's events in its key's partition in version
+order, and a killed relay re-sends only its own share's unacknowledged batch.
+
 CHAOS_ITERATIONS (default 1) repeats it with new seeds (`make chaos` runs 100), CHAOS_KILLS
 (default 3) sets the kills per iteration and CHAOS_SEED the first seed.
 """
@@ -17,15 +21,19 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from ledger.kafka.broker import EmbeddedBroker
+from ledger.kafka.partitioning import partition_for_key
 from tests.books import model_of
 from tests.e2e.harness import key_of, publish, read_balances, read_topic, trial_balance
 from tests.faults.harness import (
+    PARTITIONS,
     WORKERS,
+    StoredEvent,
     Workers,
     known_history,
     max_notification_id,
@@ -53,19 +61,77 @@ def distinct_dead_letters(bootstrap: str) -> set[tuple[bytes, bytes]]:
     }
 
 
+TWO_RELAYS = ("ingest", "relay", "relay-2", "projections")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + ITERATIONS))
 def test_crash_anywhere(
     seed: int, fresh_broker: EmbeddedBroker, database_url: str, tmp_path: Path
 ) -> None:
+    crash_anywhere(seed, fresh_broker.bootstrap, database_url, tmp_path, names=WORKERS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + ITERATIONS))
+def test_crash_anywhere_with_two_relays(
+    seed: int, fresh_broker: EmbeddedBroker, database_url: str, tmp_path: Path
+) -> None:
+    crash_anywhere(seed, fresh_broker.bootstrap, database_url, tmp_path, names=TWO_RELAYS)
+
+
+def acquired_shares(workers: Workers, name: str) -> set[int]:
+    """Every share the relay process(es) named `name` took, from its log."""
+    path = workers.log_dir / f"{name}.log"
+    text = path.read_text(errors="replace") if path.exists() else ""
+    entries = [orjson.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return {int(e["share"]) for e in entries if e.get("event") == "relay share acquired"}
+
+
+def check_outbox_order(
+    delivered: list[Any], events: list[StoredEvent], workers: Workers, relays: int, context: str
+) -> None:
+    """Each account's events in its key's partition, first sightings in version order; copies
+    only in the partitions of shares whose relay was killed."""
+    seen: set[str] = set()
+    versions: defaultdict[str, list[int]] = defaultdict(list)
+    copied_partitions: set[int] = set()
+    for record in delivered:
+        account_id = record.key.decode()
+        assert record.partition == partition_for_key(record.key, PARTITIONS), context
+        ce_id = dict(record.headers)["ce_id"].decode()
+        if ce_id in seen:
+            copied_partitions.add(record.partition)
+            continue
+        seen.add(ce_id)
+        versions[account_id].append(int(ce_id.rsplit(":", 1)[1]))
+    for account_id, seen_versions in versions.items():
+        assert seen_versions == sorted(seen_versions), (account_id, context)
+    assert seen == {f"{e.account_id}:{e.version}" for e in events}, context
+    killed_shares = {
+        share
+        for name in set(workers.kills)
+        if name.startswith("relay")
+        for share in acquired_shares(workers, name)
+    }
+    owned = {p for p in range(PARTITIONS) if p % relays in killed_shares}
+    assert copied_partitions <= owned, (copied_partitions, killed_shares, context)
+
+
+def crash_anywhere(
+    seed: int, bootstrap: str, database_url: str, tmp_path: Path, *, names: tuple[str, ...]
+) -> None:
+    """Kill random workers of `names` while the history goes in; then check it all."""
     rng = random.Random(seed)
-    bootstrap = fresh_broker.bootstrap
     lines = known_history(rng, accounts=ACCOUNTS, events=EVENTS)
     model = model_of(lines)
     assert model.applied["payment.received"] > 500 and model.refused > 50
     prepare(bootstrap, database_url)
-    workers = Workers(bootstrap, database_url, tmp_path)
-    workers.start_all()
+    relays = sum(1 for name in names if name.startswith("relay"))
+    workers = Workers(
+        bootstrap, database_url, tmp_path, extra_env={"LEDGER_RELAY_WORKERS": str(relays)}
+    )
+    workers.start_all(names)
     publisher = threading.Thread(
         target=publish,
         args=(bootstrap, lines, key_of),
@@ -74,10 +140,10 @@ def test_crash_anywhere(
     try:
         publisher.start()
         # Each worker dies at least once (in a random order) when there are kills enough.
-        victims = rng.sample(WORKERS, k=len(WORKERS))
+        victims = rng.sample(names, k=len(names))
         for kill in range(KILLS):
             sleep_checking(workers, rng.uniform(0.3, 2.5))
-            victim = victims[kill] if kill < len(victims) else rng.choice(WORKERS)
+            victim = victims[kill] if kill < len(victims) else rng.choice(names)
             workers.kill(victim)
             time.sleep(rng.uniform(0.0, 0.5))
             workers.start(victim)
@@ -121,6 +187,7 @@ def test_crash_anywhere(
         delivered = read_topic(bootstrap, "ledger.events")
         ce_ids = {dict(record.headers)["ce_id"].decode() for record in delivered}
         assert ce_ids == {f"{e.account_id}:{e.version}" for e in events}, context
+        check_outbox_order(delivered, events, workers, relays, context)
         notified = {
             orjson.loads(r.value)["overpayment_id"]
             for r in read_topic(bootstrap, "ledger.notifications")

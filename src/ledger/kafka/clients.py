@@ -46,11 +46,17 @@ def check_crc32c() -> None:
         )
 
 
-def make_producer(bootstrap: str, *, client_id: str = "ledger-producer") -> KafkaProducer:
+def make_producer(
+    bootstrap: str,
+    *,
+    client_id: str = "ledger-producer",
+    metadata_max_age_ms: int = limits.producer_metadata_max_age_ms,
+) -> KafkaProducer:
     """Build an idempotent producer (acks=all) that batches briefly and fails within bounds."""
     return KafkaProducer(
         bootstrap_servers=bootstrap,
         client_id=client_id,
+        metadata_max_age_ms=metadata_max_age_ms,
         enable_idempotence=True,
         acks="all",
         linger_ms=limits.producer_linger_ms,
@@ -93,6 +99,14 @@ class MessageRefused(ProducerFailed):
     """
 
 
+class PartitionsChanged(ProducerFailed):
+    """A message named a partition that the producer's metadata no longer has.
+
+    The topic changed under the sender (recreated with fewer partitions, say): the unflushed
+    batch is dropped, as for MessageRefused, for the caller to recompute and send again.
+    """
+
+
 class ProducerStopped(Exception):
     """The stop event was set while a flush waited (to retry, or for acknowledgements).
 
@@ -109,6 +123,7 @@ class _Outgoing:
     key: bytes | None
     value: bytes | None
     headers: Headers
+    partition: int | None = None
     future: Any = None
 
 
@@ -150,13 +165,20 @@ class ResilientProducer:
         key: bytes | None,
         value: bytes | None,
         headers: Headers,
+        partition: int | None = None,
     ) -> None:
-        """Queue one message; `flush()` makes sure it is delivered."""
+        """Queue one message; `flush()` makes sure it is delivered.
+
+        With `partition` the message goes there (the sender computed it; see
+        `ledger.kafka.partitioning`), otherwise where the client's partitioner puts its key.
+        """
         if self._closed:
             raise RuntimeError("send() on a closed ResilientProducer")
         if len(self._pending) >= limits.producer_pending_max:
             self.flush()
-        message = _Outgoing(topic=topic, key=key, value=value, headers=list(headers))
+        message = _Outgoing(
+            topic=topic, key=key, value=value, headers=list(headers), partition=partition
+        )
         self._pending.append(message)
         if self._broken is None:
             self._send_now(message)
@@ -188,6 +210,18 @@ class ResilientProducer:
                 ) from error
             self._rebuild(error, rebuilds)
 
+    def partition_count(self, topic: str) -> int:
+        """How many partitions `topic` has in the producer's metadata (what its partitioner uses).
+
+        Waits for the metadata if the producer has none for the topic yet (bounded by
+        `limits.producer_send_block_timeout_ms`; a broker that auto-creates topics creates it).
+        """
+        if self._closed:
+            raise RuntimeError("partition_count() on a closed ResilientProducer")
+        if self._producer is None:
+            self._producer = self._factory(self._bootstrap)
+        return len(self._producer.partitions_for(topic))
+
     def close(self) -> None:
         """Close the producer; messages not yet flushed are dropped (and logged)."""
         if self._pending:
@@ -202,8 +236,21 @@ class ResilientProducer:
             if self._producer is None:
                 self._producer = self._factory(self._bootstrap)
             message.future = self._producer.send(
-                message.topic, value=message.value, key=message.key, headers=message.headers
+                message.topic,
+                value=message.value,
+                key=message.key,
+                headers=message.headers,
+                partition=message.partition,
             )
+        except ValueError as error:
+            if message.partition is None:
+                raise
+            dropped = len(self._pending)
+            self._pending.clear()
+            raise PartitionsChanged(
+                f"{message.topic} has no partition {message.partition} any more: dropped the"
+                f" unflushed batch of {dropped}"
+            ) from error
         except kafka_errors.KafkaError as error:
             if isinstance(error, _HOPELESS_ERRORS):
                 self._pending.remove(message)

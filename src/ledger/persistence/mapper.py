@@ -61,11 +61,15 @@ def _upcast(cls: type[Any], state: dict[str, Any]) -> None:
         version += 1
 
 
-def current_state(topic: str, state: bytes) -> dict[str, Any]:
-    """A stored event's JSON, upcast to its class's current version (for relays, projections)."""
-    decoded = decode_state(state)
+def upcast_state(topic: str, decoded: dict[str, Any]) -> dict[str, Any]:
+    """A decoded stored state brought up to its class's current version (in place)."""
     _upcast(_resolve(topic), decoded)
     return decoded
+
+
+def current_state(topic: str, state: bytes) -> dict[str, Any]:
+    """A stored event's JSON, upcast to its class's current version (for relays, projections)."""
+    return upcast_state(topic, decode_state(state))
 
 
 class OrjsonMapper(Mapper[UUID]):
