@@ -121,7 +121,7 @@ class OutboxRelay:
                     value=orjson.dumps(message),
                     headers=[("ce_id", str(message[route.id_field]).encode()), *headers[1:]],
                 )
-                log.info(
+                log.debug(  # one line per message would cost the relay more than its send
                     "message routed",
                     account_id=public["account_id"],
                     event_type=public["type"],

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from eventsourcing.domain import Aggregate, Snapshot
+from eventsourcing.domain import Aggregate
+from eventsourcing.domain import Snapshot as LibrarySnapshot
 
 from ledger import limits
 from ledger.domain.errors import DomainRuleError
@@ -76,7 +77,7 @@ class Account(Aggregate):
         """v2 dropped `open_overpayment_minor`, which was written and never read."""
         state.pop("open_overpayment_minor", None)
 
-    class Snapshot(Snapshot):
+    class Snapshot(LibrarySnapshot):
         """A snapshot of an account's state (the library's, under a stable name)."""
 
         TOPIC = "account_snapshot"
