@@ -30,8 +30,8 @@ from tests.faults.harness import (
     positions,
     prepare,
     sleep_checking,
-    wait_until,
 )
+from tests.waiting import wait_for
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 OUTAGE_S = 4.0
@@ -108,7 +108,12 @@ def test_workers_ride_out_a_postgres_restart(
     )
     try:
         publisher.start()
-        assert wait_until(lambda: positions(url)["projection"] > 0, 30, tick=workers.check)
+        wait_for(
+            lambda: positions(url)["projection"] > 0,
+            "the first projected event",
+            30,
+            tick=workers.check,
+        )
         own_postgres.stop("immediate")
         outage_started = time.monotonic()
         sleep_checking(workers, OUTAGE_S)
@@ -123,7 +128,7 @@ def test_workers_ride_out_a_postgres_restart(
                 and read_balances(url, list(model.balances)) == model.balances
             )
 
-        wait_until(settled, 90, tick=workers.check)
+        wait_for(settled, "the books to settle after the outage", 90, tick=workers.check)
         assert read_balances(url, list(model.balances)) == model.balances
         trial = trial_balance(url)
         assert trial["currencies"]
