@@ -170,6 +170,7 @@ def test_two_writers_of_one_account(broker: EmbeddedBroker, database_url: str) -
             producer.close()
             for store in stores:
                 store.close()
+    assert not any(thread.is_alive() for thread in threads), "a consumer ignored the stop request"
     assert errors == []
     assert [c.applied for c in consumers] == [FACTS_PER_TOPIC, FACTS_PER_TOPIC]
     conflicts = [e for e in logs if e["event"].startswith("version conflict")]

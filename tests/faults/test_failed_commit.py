@@ -128,6 +128,7 @@ def test_failed_commits_rewind_to_the_stored_positions(
             thread.join(timeout=30)
             dead_letters.close()
     try:
+        assert not thread.is_alive(), "the consumer ignored the stop request"
         assert errors == []
         assert service.commits > max(FAILING_COMMITS)
         assert [e["event"] for e in logs].count(logged) == len(FAILING_COMMITS)

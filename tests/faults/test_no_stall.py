@@ -145,6 +145,7 @@ def run_consumer(broker: EmbeddedBroker, database_url: str) -> Iterator[Callable
                 stop.set()
                 thread.join(timeout=30)
                 dead_letters.close()
+        assert not thread.is_alive(), "the consumer ignored the stop request"
         return Run(consumer, store, errors, logs, dlq)
 
     yield run
