@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -21,17 +20,9 @@ from ledger.domain.account import account_uuid
 from ledger.domain.policy import Policy
 from ledger.ingest import InboundMessage
 from ledger.kafka.broker import EmbeddedBroker
-from ledger.logging import configure_logging
 from ledger.persistence.event_store import open_event_store
 from ledger.persistence.urls import parse_database_url
 from tests.books import invoice, opened, payment
-
-
-@pytest.fixture(autouse=True)
-def _logging_back_on_stderr() -> Iterator[None]:
-    """The CLI binds logging to the runner's captured stderr; point it back afterwards."""
-    yield
-    configure_logging("json", "warning")
 
 
 def _positive(value: object) -> bool:
