@@ -46,6 +46,23 @@ def drop_postgres_database(url: str) -> None:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def empty_database(url: str) -> None:
+    """Drop everything stored in a test database, so the next use starts from nothing.
+
+    For a test that uses its database more than once (each example of a property test); every
+    connection to it must be closed first.
+    """
+    target = parse_database_url(url)
+    if target.kind == "sqlite":
+        assert target.sqlite_path is not None, url
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{target.sqlite_path}{suffix}").unlink(missing_ok=True)
+        return
+    with psycopg.connect(target.conninfo, autocommit=True, connect_timeout=5) as connection:
+        connection.execute("DROP SCHEMA public CASCADE")
+        connection.execute("CREATE SCHEMA public")
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Each test using this runs once on SQLite and once on PostgreSQL."""

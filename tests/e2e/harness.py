@@ -21,7 +21,6 @@ from ledger.persistence.urls import parse_database_url
 from projections import queries
 
 LEDGER = [sys.executable, "-m", "ledger"]
-WAIT_S = 90.0
 
 
 def ledger_env(bootstrap: str, database_url: str, **extra: str) -> dict[str, str]:
@@ -120,17 +119,6 @@ def explained_by(log_path: Path) -> Iterator[None]:
     except AssertionError as error:
         tail = log_path.read_text(errors="replace")[-6000:] if log_path.exists() else ""
         raise AssertionError(f"{error}\n--- end of {log_path.name} ---\n{tail}") from error
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    """Poll a condition with back-off until it holds; fail with `what` if it never does."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.05
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 1.0)
 
 
 def read_balances(database_url: str, account_ids: Sequence[str]) -> dict[str, dict[str, int]]:

@@ -11,7 +11,8 @@ import orjson
 
 from ledger.kafka.broker import EmbeddedBroker
 from tests.brokers import STOP_GRACE_S
-from tests.e2e.harness import ledger_env, running_ledger, wait_for
+from tests.e2e.harness import ledger_env, running_ledger
+from tests.waiting import wait_for
 
 OUTAGE_S = 8.0
 """How long the broker stays down: long enough for dozens of Kafka client errors per worker."""

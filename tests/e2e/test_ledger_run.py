@@ -24,10 +24,10 @@ from tests.e2e.harness import (
     start_ledger_run,
     stop_ledger_run,
     trial_balance,
-    wait_for,
 )
 from tests.faults.harness import max_notification_id, positions, store_events
 from tests.processes import gone
+from tests.waiting import wait_for
 
 
 def history_lines(accounts: int, events: int, seed: int) -> list[bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -11,7 +12,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -26,10 +26,13 @@ from ledger.persistence.urls import parse_database_url
 from ledger.public_events import event_type_name
 from ledger.settings import Settings
 from tests.books import invoice, line, opened, payment
+from tests.waiting import wait_for
 
 WORKERS = ("ingest", "relay", "projections")
 PARTITIONS = 4
 CURRENCIES = ("USD", "EUR", "JPY")
+STACK_DUMP_WAIT_S = 5.0
+"""How long a stuck worker gets to write its stacks to its log before it is killed."""
 
 
 def prepare(bootstrap: str, database_url: str) -> None:
@@ -118,6 +121,21 @@ class Workers:
         text = path.read_text(errors="replace") if path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def dump_stacks(self, name: str) -> None:
+        """Leave a stuck worker's stacks in its log (faulthandler, on SIGUSR1)."""
+        log = self.log_dir / f"{name}.log"
+        before = log.stat().st_size
+        self.running[name].process.send_signal(signal.SIGUSR1)
+
+        def dumped() -> bool:
+            with log.open("rb") as text:
+                text.seek(before)
+                return b"most recent call first" in text.read()
+
+        # Only a help in reading a failure already under way: never a failure of its own.
+        with contextlib.suppress(AssertionError):
+            wait_for(dumped, f"{name}'s stacks", timeout_s=STACK_DUMP_WAIT_S)
+
     def stop_all(self) -> dict[str, int | None]:
         """SIGTERM every worker, SIGKILL after a grace period; the exit codes."""
         codes: dict[str, int | None] = {}
@@ -128,9 +146,7 @@ class Workers:
             try:
                 codes[name] = worker.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                # Leave the stuck worker's stacks in its log before killing it.
-                worker.process.send_signal(signal.SIGUSR1)
-                time.sleep(1.0)
+                self.dump_stacks(name)
                 worker.process.kill()
                 worker.process.wait()
                 codes[name] = None
@@ -243,20 +259,3 @@ def positions(database_url: str) -> dict[str, int]:
             }
     finally:
         database.close()
-
-
-def wait_until(condition: Any, timeout_s: float, *, tick: Any = None) -> bool:
-    """Poll `condition` until true or timeout; `tick` runs between polls. True if it held."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.1
-    while time.monotonic() < deadline:
-        if tick is not None:
-            tick()
-        try:
-            if condition():
-                return True
-        except Exception:  # a database mid-restart may refuse a read: poll again
-            pass
-        time.sleep(delay)
-        delay = min(delay * 1.5, 1.0)
-    return bool(condition())

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from eventsourcing.persistence import Tracking
@@ -38,6 +38,7 @@ from ledger.read_models import live, prepare_tables
 from ledger.tailing import run_tail
 from projections import queries
 from tests.books import invoice, opened, payment
+from tests.waiting import wait_for
 
 POLICY = Policy(version="test-1")
 CLOCK = FixedClock(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
@@ -63,7 +64,17 @@ def facts(prefix: str, rng: random.Random) -> list[tuple[bytes, bytes]]:
     return result
 
 
-def publish_in_bursts(bootstrap: str, streams: dict[str, list[tuple[bytes, bytes]]]) -> None:
+def handled(consumer: IngestConsumer) -> int:
+    """How many of its topic's messages a consumer has dealt with, one way or another."""
+    return consumer.applied + consumer.duplicates + consumer.dead_lettered
+
+
+def publish_in_bursts(
+    bootstrap: str,
+    streams: dict[str, list[tuple[bytes, bytes]]],
+    caught_up: Callable[[int], bool],
+) -> None:
+    """Send a burst to every topic at once, then wait until `caught_up` with it, and so on."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     try:
         for start in range(0, FACTS_PER_TOPIC, BURST):
@@ -71,7 +82,8 @@ def publish_in_bursts(bootstrap: str, streams: dict[str, list[tuple[bytes, bytes
                 for key, raw in lines[start : start + BURST]:
                     producer.send(topic, key=key, value=raw)
             producer.flush()
-            time.sleep(0.05)
+            end = min(start + BURST, FACTS_PER_TOPIC)
+            wait_for(lambda end=end: caught_up(end), f"the consumers to handle {end} each", 30)
     finally:
         producer.close()
 
@@ -140,14 +152,17 @@ def test_two_writers_of_one_account(broker: EmbeddedBroker, database_url: str) -
         try:
             for thread in threads:
                 thread.start()
-            time.sleep(1.0)
-            publish_in_bursts(broker.bootstrap, streams)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not errors:
-                done = [c.applied + c.duplicates + c.dead_lettered for c in consumers]
-                if done == [FACTS_PER_TOPIC, FACTS_PER_TOPIC]:
-                    break
-                time.sleep(0.1)
+
+            def assigned() -> bool:
+                done = {e["topic"] for e in logs if e["event"] == "partition assigned"}
+                return bool(errors) or done == set(topics.values())
+
+            wait_for(assigned, "both consumers to own their partition", 30)
+
+            def caught_up(count: int) -> bool:
+                return bool(errors) or all(handled(c) >= count for c in consumers)
+
+            publish_in_bursts(broker.bootstrap, streams, caught_up)
         finally:
             stop.set()
             for thread in threads:
@@ -155,6 +170,7 @@ def test_two_writers_of_one_account(broker: EmbeddedBroker, database_url: str) -
             producer.close()
             for store in stores:
                 store.close()
+    assert not any(thread.is_alive() for thread in threads), "a consumer ignored the stop request"
     assert errors == []
     assert [c.applied for c in consumers] == [FACTS_PER_TOPIC, FACTS_PER_TOPIC]
     conflicts = [e for e in logs if e["event"].startswith("version conflict")]

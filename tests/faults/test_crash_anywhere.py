@@ -41,8 +41,8 @@ from tests.faults.harness import (
     prepare,
     sleep_checking,
     store_events,
-    wait_until,
 )
+from tests.waiting import wait_for
 
 ITERATIONS = int(os.environ.get("CHAOS_ITERATIONS", "1"))
 KILLS = int(os.environ.get("CHAOS_KILLS", "3"))
@@ -158,8 +158,8 @@ def crash_anywhere(
                 and len(distinct_dead_letters(bootstrap)) >= model.refused
             )
 
-        wait_until(settled, SETTLE_TIMEOUT_S, tick=workers.check)
         context = f"seed {seed}, kills {workers.kills}"
+        wait_for(settled, f"the books to settle ({context})", SETTLE_TIMEOUT_S, tick=workers.check)
         # The books: every balance as in a clean run, each currency's trial balance zero.
         assert read_balances(database_url, list(model.balances)) == model.balances, context
         trial = trial_balance(database_url)

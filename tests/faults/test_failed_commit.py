@@ -11,7 +11,6 @@ over the real broker and database; only the commit is made to fail, before it wr
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from ledger.persistence.event_store import open_event_store
 from ledger.persistence.mapper import decode_state
 from ledger.persistence.urls import parse_database_url
 from tests.books import expected_balances, invoice, opened, payment
+from tests.waiting import wait_for
 
 POLICY = Policy(version="test-1")
 CLOCK = FixedClock(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
@@ -122,14 +122,13 @@ def test_failed_commits_rewind_to_the_stored_positions(
     with capture_logs() as logs:
         thread.start()
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not errors and consumer.applied < valid:
-                time.sleep(0.05)
+            wait_for(lambda: bool(errors) or consumer.applied >= valid, "every valid line", 60)
         finally:
             stop.set()
             thread.join(timeout=30)
             dead_letters.close()
     try:
+        assert not thread.is_alive(), "the consumer ignored the stop request"
         assert errors == []
         assert service.commits > max(FAILING_COMMITS)
         assert [e["event"] for e in logs].count(logged) == len(FAILING_COMMITS)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +37,7 @@ from ledger.persistence.event_store import EventStore, open_event_store
 from ledger.persistence.mapper import decode_state
 from ledger.persistence.urls import parse_database_url
 from tests.books import OCCURRED_AT, expected_balances, invoice, opened, payment
+from tests.waiting import wait_for
 
 POLICY = Policy(version="test-1")
 CLOCK = FixedClock(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
@@ -140,13 +140,12 @@ def run_consumer(broker: EmbeddedBroker, database_url: str) -> Iterator[Callable
         with capture_logs() as logs:
             thread.start()
             try:
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline and not errors and not until(consumer):
-                    time.sleep(0.05)
+                wait_for(lambda: bool(errors) or until(consumer), f"the consumer of {topic}", 60)
             finally:
                 stop.set()
                 thread.join(timeout=30)
                 dead_letters.close()
+        assert not thread.is_alive(), "the consumer ignored the stop request"
         return Run(consumer, store, errors, logs, dlq)
 
     yield run

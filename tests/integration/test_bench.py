@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -18,17 +20,9 @@ from ledger.domain.account import account_uuid
 from ledger.domain.policy import Policy
 from ledger.ingest import InboundMessage
 from ledger.kafka.broker import EmbeddedBroker
-from ledger.logging import configure_logging
 from ledger.persistence.event_store import open_event_store
 from ledger.persistence.urls import parse_database_url
 from tests.books import invoice, opened, payment
-
-
-@pytest.fixture(autouse=True)
-def _logging_back_on_stderr() -> Iterator[None]:
-    """The CLI binds logging to the runner's captured stderr; point it back afterwards."""
-    yield
-    configure_logging("json", "warning")
 
 
 def _positive(value: object) -> bool:
@@ -62,7 +56,6 @@ def bench_env(
 
 def test_bench_json_document(bench_env: str) -> None:
     database_url = bench_env
-    before = _bench_databases(database_url) if database_url.startswith("postgresql") else []
 
     result = CliRunner().invoke(
         app, ["bench", "--events", "2000", "--accounts", "100", "--json"], catch_exceptions=False
@@ -73,7 +66,15 @@ def test_bench_json_document(bench_env: str) -> None:
     assert document["backend"] == parse_database_url(database_url).kind
     assert document["events"] == 2000
     assert document["broker"] == "external"
+    assert document["accounts"] == 100
+    mix = document["mix"]
+    assert sum(mix[kind] for kind in ("opened", "invoice", "payment", "duplicate", "bad")) == 2000
     assert document["machine"]["cores"] >= 1
+    assert document["machine"]["cpu"], "a figure names the machine it was measured on"
+    assert document["ingest"]["messages"] == 2000
+    # The rebuild replayed every stored event: each fact applied, plus one per overpayment.
+    stored = mix["opened"] + mix["invoice"] + mix["payment"] + mix["overpayment"]
+    assert document["rebuild"]["events"] == stored
     for phase in ("ingest", "rebuild"):
         figures = document[phase]
         assert {"events_per_s", "baseline_per_s", "ratio"} <= figures.keys()
@@ -89,15 +90,46 @@ def test_bench_json_document(bench_env: str) -> None:
     assert memory["peak_mb"] >= memory["end_mb"]
     # The deployment's own data is never touched: nothing left behind, nothing created.
     if database_url.startswith("postgresql"):
-        assert _bench_databases(database_url) == before
+        # Only this run's: others may be running a bench on the same server meanwhile.
+        run_id = document["run_id"]
+        assert [name for name in _bench_databases(database_url) if run_id in name] == []
     else:
         assert not Path(parse_database_url(database_url).sqlite_path or "").exists()
 
 
-def test_bench_refuses_an_unknown_phase(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["bench", "--only", "nonsense"])
-    assert result.exit_code != 0
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        (
+            ["--only", "nonsense"],
+            "unknown phase(s) ['nonsense']; choose from ingest, latency, rebuild, load",
+        ),
+        (["--only", "ingest,,rebuilt"], "unknown phase(s) ['rebuilt']; choose from"),
+        (["--events", "99"], "--events must be at least 100"),
+        (["--accounts", "0"], "--accounts must be at least 1"),
+        (["--workers", "0"], "--workers must be at least 1"),
+    ],
+)
+def test_bench_refuses_options_it_cannot_run_with(
+    options: list[str], reason: str, tmp_path: Path
+) -> None:
+    """Exit 2 and one line saying why, as the `ledger` command itself; nothing run or created."""
+    env = dict(os.environ)
+    env.pop("LEDGER_KAFKA_BOOTSTRAP", None)  # none configured: the bench would embed its own
+    env.update(LEDGER_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}", LEDGER_LOG_FORMAT="json")
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger", "bench", *options, "--json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr.decode()
+    assert done.stdout == b""
+    [line] = done.stderr.decode().splitlines()
+    assert line.startswith(f"ledger: {reason}"), line
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bench_ingest_with_two_workers(bench_env: str) -> None:
@@ -120,11 +152,16 @@ def test_bench_ingest_with_two_workers(bench_env: str) -> None:
     )
     assert result.exit_code == 0, result.output
     document = orjson.loads(result.stdout)
+    assert document["events"] == 1000
     ingest = document["ingest"]
     assert ingest["workers"] == 2
     assert ingest["messages"] == 1000
-    assert _positive(ingest["ratio"])
+    assert all(_positive(ingest[key]) for key in ("events_per_s", "baseline_per_s", "ratio"))
+    memory = document["memory"]
+    assert all(_positive(memory[key]) for key in ("start_mb", "end_mb", "peak_mb"))
+    # Only the phase asked for ran.
     assert document["latency"] is None and document["rebuild"] is None
+    assert document["load_ms"] is None
 
 
 def test_no_domain_service_stores_one_event_per_new_fact(database_url: str) -> None:

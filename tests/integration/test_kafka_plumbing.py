@@ -14,7 +14,7 @@ from contextlib import closing
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import MessageSizeTooLargeError
+from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
 from ledger import limits
 from ledger.kafka.broker import (
@@ -34,6 +34,7 @@ from ledger.kafka.clients import (
 )
 from ledger.kafka.topics import TopicWatcher, ensure_topics, make_admin, topic_id
 from tests.processes import gone
+from tests.waiting import wait_for
 
 POLL_DEADLINE_S = 10.0
 
@@ -189,7 +190,24 @@ def test_resilient_producer_flush_stops_while_waiting_for_acks(
     name = unique_topic("frozen")
     ensure_topics(fresh_broker.bootstrap, 1, [name])
     stop = threading.Event()
-    producer = ResilientProducer(fresh_broker.bootstrap, stop=stop)
+    slice_ran_out = threading.Event()
+
+    def watched_factory(bootstrap: str) -> KafkaProducer:
+        """The real producer, noting when one of its flush calls times out unanswered."""
+        built = make_producer(bootstrap)
+        flush = built.flush
+
+        def watched_flush(timeout: float | None = None) -> None:
+            try:
+                flush(timeout=timeout)
+            except KafkaTimeoutError:
+                slice_ran_out.set()
+                raise
+
+        built.flush = watched_flush
+        return built
+
+    producer = ResilientProducer(fresh_broker.bootstrap, stop=stop, factory=watched_factory)
     assert fresh_broker.pid is not None
     try:
         producer.send(name, key=b"k", value=b"first", headers=[])
@@ -206,9 +224,15 @@ def test_resilient_producer_flush_stops_while_waiting_for_acks(
                 outcome.append(error)
 
         flusher = threading.Thread(target=flush)
+        slice_ran_out.clear()  # only a slice that ran out after the freeze counts
         flusher.start()
-        time.sleep(0.5)
+        wait_for(
+            lambda: slice_ran_out.is_set() or not flusher.is_alive(),
+            "flush to wait out a slice unanswered",
+            10,
+        )
         assert flusher.is_alive(), "flush returned although the broker answers nothing"
+        assert not outcome
         asked = time.monotonic()
         stop.set()
         flusher.join(timeout=5)
@@ -242,7 +266,7 @@ def test_start_refuses_a_port_in_use(broker: EmbeddedBroker) -> None:
 
 CHILD_SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import sys
     from ledger.kafka.broker import EmbeddedBroker
     from ledger.logging import configure_logging
 
@@ -250,7 +274,7 @@ CHILD_SCRIPT = textwrap.dedent(
     broker = EmbeddedBroker(int(sys.argv[1]))
     broker.start()
     print(broker.pid, flush=True)
-    time.sleep(120)
+    sys.stdin.read()  # until the test kills this process (or, failing that, closes the pipe)
     """
 )
 
@@ -269,6 +293,7 @@ def test_broker_dies_with_its_parent_on_kill_9() -> None:
     port = free_port()
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD_SCRIPT, str(port)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
@@ -286,14 +311,14 @@ def test_broker_dies_with_its_parent_on_kill_9() -> None:
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=5)
 
-        deadline = time.monotonic() + 5.0
-        while not gone(broker_pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert gone(broker_pid), "the broker outlived its parent's kill -9"
+        wait_for(lambda: gone(broker_pid), "the broker to die with its parent's kill -9", 5.0)
         assert not is_listening("127.0.0.1", port)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
         if broker_pid is not None and not gone(broker_pid):
             os.kill(broker_pid, signal.SIGKILL)

@@ -35,6 +35,7 @@ from ledger.tailing import run_tail, run_tails
 from projections import balances, queries
 from tests.books import invoice, model_of, opened, payment
 from tests.faults.harness import known_history
+from tests.waiting import wait_for
 
 POLICY = Policy(version="test-1")
 CLOCK = FixedClock(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
@@ -296,7 +297,7 @@ def test_rebuild_while_queries_run_and_the_live_worker_applies_new_events(
     for thread in threads:
         thread.start()
     database, store = databases(), stores()
-    wait_for(lambda: bool(answers), "a first answer")
+    wait_for(lambda: bool(answers), "a first answer", WAIT_S)
     applied_during: list[int] = []
 
     def progress(position: int) -> None:
@@ -304,17 +305,19 @@ def test_rebuild_while_queries_run_and_the_live_worker_applies_new_events(
             # The rebuild is under way: let ingest and the live worker move on meanwhile.
             assert fed_during.wait(WAIT_S)
             target = feed.ends[-1]
-            wait_for(lambda: _live(database)[1] >= target, "the live worker to apply")
+            wait_for(lambda: _live(database)[1] >= target, "the live worker to apply", WAIT_S)
             applied_during.append(target)
         time.sleep(0.002)
 
     rebuilt = rebuild_aside(databases(), stores(), BALANCES, batch_max=7, progress=progress)
     swapped.set()
     asked = len(answers)
-    wait_for(lambda: len(answers) > asked + 20 or bool(failures), "answers after the swap")
+    wait_for(lambda: len(answers) > asked + 20 or bool(failures), "answers after the swap", WAIT_S)
     threads[2].join(WAIT_S)
     head = store.process_recorder.max_notification_id() or 0
-    wait_for(lambda: _live(database) == (2, head) or bool(failures), "the live worker at head")
+    wait_for(
+        lambda: _live(database) == (2, head) or bool(failures), "the live worker at head", WAIT_S
+    )
     stop_queries.set()
     stop_worker.set()
     for thread in threads:
@@ -383,11 +386,3 @@ def _facts(lines: list[bytes]) -> Iterator[dict[str, Any]]:
             continue
         if isinstance(fact, dict):
             yield fact
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    """Poll until the condition holds; fail naming `what` after WAIT_S."""
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)

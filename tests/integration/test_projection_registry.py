@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from ledger.settings import Settings
 from ledger.tailing import run_tail
 from projections import balances, queries
 from tests.books import invoice, model_of, opened, payment
+from tests.waiting import wait_for
 
 POLICY = Policy(version="test-1")
 CLOCK = FixedClock(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
@@ -130,13 +130,19 @@ def test_the_worker_runs_every_registered_projection_at_its_own_position(
     )
     worker.start()
     try:
-        deadline = time.monotonic() + 60
-        while live_positions(database, names) != dict.fromkeys(names, head(store)):
-            assert worker.is_alive() and time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_for(
+            lambda: (
+                not worker.is_alive()
+                or live_positions(database, names) == dict.fromkeys(names, head(store))
+            ),
+            "every projection at the head",
+            60,
+        )
+        assert worker.is_alive(), "the projections worker stopped by itself"
     finally:
         stop.set()
         worker.join(30)
+    assert not worker.is_alive(), "the projections worker ignored the stop request"
 
     stored = store.process_recorder.select_notifications(0, 1000)
     with database.read() as cursor:

@@ -15,8 +15,8 @@ from ledger.persistence.schema_lock import SCHEMA_LOCK_KEY, SchemaLockTimeout
 from ledger.persistence.urls import parse_database_url
 from ledger.settings import Settings
 from projections import balances
-from tests.e2e.harness import wait_for
 from tests.preparers import prepare_at_once
+from tests.waiting import wait_for
 
 PREPARERS = 8
 WAIT_S = 120.0
