@@ -138,14 +138,3 @@ def bench_worker(
         log_dir / f"{name}.log",
         interactive=interactive,
     )
-
-
-def ledger_worker(name: str, database_url: str, bootstrap: str, log_dir: Path) -> Worker:
-    """Start one of the ledger's own workers (`python -m ledger.workers NAME`)."""
-    env = {
-        "LEDGER_DATABASE_URL": database_url,
-        "LEDGER_KAFKA_BOOTSTRAP": bootstrap,
-        "LEDGER_LOG_FORMAT": "json",
-        "LEDGER_LOG_LEVEL": "warning",
-    }
-    return Worker(name, ["-m", "ledger.workers", name], env, log_dir / f"{name}.log")
