@@ -48,8 +48,39 @@ def _throughput_row(label: str, figures: dict[str, Any]) -> tuple[str, str, str,
     )
 
 
+CPU_ROLES = ("ingest", "relay", "projections", "broker", "publisher", "postgres")
+"""The system phase's processes, in the order the table shows their CPU."""
+
+
+def _cpu(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
 def _latency_cell(figures: dict[str, Any]) -> str:
     return f"{figures['p50_ms']} / {figures['p99_ms']} / {figures['max_ms']} ms"
+
+
+def _system_rows(system: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Throughput of the running system, then each process's CPU per event beside the
+    baseline's."""
+    processes = ", ".join(f"{count} {role}" for role, count in system["processes"].items())
+    rows = [
+        (
+            f"system: ledger run (events/s; {processes})",
+            _number(system["events_per_s"]),
+            _number(system["baseline_per_s"]),
+            f"{system['ratio']:.2f} (same-run baseline)",
+        )
+    ]
+    ledger_cpu = system["cpu_us_per_event"]
+    baseline_cpu = system["baseline_cpu_us_per_event"]
+    for role in CPU_ROLES:
+        if role not in ledger_cpu:
+            continue
+        mine, theirs = ledger_cpu[role], baseline_cpu.get(role)
+        note = f"{mine / theirs:.2f}x the baseline" if mine and theirs else ""
+        rows.append((f"  CPU us per event: {role}", _cpu(mine), _cpu(theirs), note))
+    return rows
 
 
 def table(document: dict[str, Any]) -> Table:
@@ -76,6 +107,10 @@ def table(document: dict[str, Any]) -> Table:
                 _number(no_domain["baseline_per_s"]),
                 f"{no_domain['ratio']:.2f} (the ceiling for any domain)",
             )
+    system = document.get("system")
+    if system:
+        for row in _system_rows(system):
+            result.add_row(*row)
     latency = document.get("latency")
     if latency:
         note = f"at {latency['rate_per_s']:,}/s (p99 target < 250 ms)"
