@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 import psutil
 
 MICROSECONDS = 1_000_000
+"""Microseconds in a second."""
 POSTGRES_PROCESS_NAME = "postgres"
+"""What the server's processes are called (their command lines say which is which)."""
 _CLIENT_PORT = re.compile(r"\((\d+)\)")
 
 
@@ -72,7 +74,8 @@ class CpuMeter:
     """Role name to process ids."""
     postgres_database: str | None = None
     """On PostgreSQL, the database whose backends form the role `postgres`."""
-    postgres_port: int = 5432
+    postgres_port: int | None = None
+    """The server's port (to tell the benchmark's own connections apart)."""
     _processes: dict[int, psutil.Process] = field(default_factory=dict)
     _started: dict[str, float] = field(default_factory=dict)
     _started_backends: dict[int, float] = field(default_factory=dict)
@@ -90,7 +93,7 @@ class CpuMeter:
         return totals
 
     def _backends(self) -> dict[int, float]:
-        if self.postgres_database is None:
+        if self.postgres_database is None or self.postgres_port is None:
             return {}
         return postgres_backends(self.postgres_database, self.postgres_port)
 
@@ -100,11 +103,12 @@ class CpuMeter:
         self._started_backends = self._backends()
 
     def stop(self) -> dict[str, float]:
-        """CPU seconds each role spent since `start()` (`postgres` too when measured)."""
+        """CPU seconds each role spent since `start()`; `postgres` too when its backends were
+        found (not when the server runs on another machine)."""
         ended = self._role_seconds()
         spent = {role: max(0.0, ended[role] - self._started.get(role, 0.0)) for role in ended}
-        if self.postgres_database is not None:
-            backends = self._backends()
+        backends = self._backends()
+        if backends:
             # A backend that appeared during the run counts in full (its start is cheap).
             spent["postgres"] = sum(
                 max(0.0, seconds - self._started_backends.get(pid, 0.0))

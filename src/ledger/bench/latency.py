@@ -46,6 +46,8 @@ READ_INTERVAL_S = 0.002
 SETTLE_TIMEOUT_S = 120.0
 """Longest wait for the ledger to start (the ingest's first group join takes about 3 s), for
 the accounts to be opened, or for the paced events to arrive."""
+READER_STOP_S = 5.0
+"""Longest wait for a reader thread to end after the stop."""
 CONSUMER_POLL_MS = 100
 """How long the `ledger.events` reader's poll waits when nothing arrives (it returns as soon as
 a fetch brings records)."""
@@ -116,7 +118,7 @@ class _Reader:
         """Stop the thread and raise its error, if any."""
         self.stop.set()
         if self.thread.is_alive():
-            self.thread.join(timeout=5)
+            self.thread.join(timeout=READER_STOP_S)
         if self.error is not None:
             raise self.error
 

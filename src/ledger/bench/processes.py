@@ -17,6 +17,10 @@ from ledger.kafka.broker import set_parent_death_signal
 
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
+READY_POLL_S = 0.05
+"""How often a wait for `ready` checks that the worker is still alive."""
+READ_CHUNK_BYTES = 64 * 1024
+"""Bytes read from a worker's output at once (its lines are short)."""
 
 
 class WorkerFailed(RuntimeError):
@@ -59,7 +63,7 @@ class Worker:
         """Block until the worker prints `ready`; return the monotonic time it did."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            line = self.read_line(0.05)
+            line = self.read_line(READY_POLL_S)
             if line is not None and line.strip() == b"ready":
                 return time.monotonic()
             self.check()
@@ -78,7 +82,7 @@ class Worker:
                 return None
             # Unbuffered reads: a buffered readline could hold a second line where select
             # cannot see it.
-            chunk = os.read(stdout.fileno(), 65536)
+            chunk = os.read(stdout.fileno(), READ_CHUNK_BYTES)
             if not chunk:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.process.wait(timeout=STOP_GRACE_S)

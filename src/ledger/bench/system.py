@@ -160,7 +160,8 @@ def time_system(
         if ends is None:
             line = publisher.read_line(0.0)
             if line is not None and line.startswith(b"done "):
-                ends = {int(p): int(end) for p, end in orjson.loads(line[5:])}
+                pairs = orjson.loads(line.removeprefix(b"done "))
+                ends = {int(p): int(end) for p, end in pairs}
         current = system.progress()
         # Read after the positions: the run was done by then (at most one poll earlier).
         now = time.monotonic()
