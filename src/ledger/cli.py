@@ -570,7 +570,8 @@ def bench(
     events: Annotated[int, typer.Option("--events", help="Inbound events to ingest.")] = 100_000,
     accounts: Annotated[int, typer.Option("--accounts", help="Accounts they spread over.")] = 1_000,
     only: Annotated[
-        str | None, typer.Option("--only", help="Comma-separated: ingest,latency,rebuild,load.")
+        str | None,
+        typer.Option("--only", help="Comma-separated: ingest,system,latency,rebuild,load."),
     ] = None,
     workers: Annotated[
         int | None,

@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psycopg
 import pytest
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import Notification, Tracking
 from typer.testing import CliRunner
 
+from ledger.bench.system_workers import CLOUDEVENT_HEADER_NAMES, baseline_headers
 from ledger.bench.worker import NoDomainService
 from ledger.cli import app
 from ledger.clock import SystemClock
@@ -22,11 +25,18 @@ from ledger.ingest import InboundMessage
 from ledger.kafka.broker import EmbeddedBroker
 from ledger.persistence.event_store import open_event_store
 from ledger.persistence.urls import parse_database_url
+from ledger.public_events import cloudevent_headers
 from tests.books import invoice, opened, payment
 
 
 def _positive(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def _latency_ordered(figures: dict[str, Any]) -> bool:
+    return all(_positive(figures[key]) for key in ("p50_ms", "p99_ms", "max_ms")) and (
+        figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+    )
 
 
 def _bench_databases(database_url: str) -> list[str]:
@@ -81,9 +91,9 @@ def test_bench_json_document(bench_env: str) -> None:
         assert all(_positive(figures[key]) for key in ("events_per_s", "baseline_per_s", "ratio"))
     no_domain = document["ingest"]["no_domain"]
     assert all(_positive(no_domain[key]) for key in ("events_per_s", "baseline_per_s", "ratio"))
-    latency = document["latency"]
-    assert all(_positive(latency[key]) for key in ("p50_ms", "p99_ms", "max_ms"))
-    assert latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert _latency_ordered(document["latency"])
+    assert _latency_ordered(document["latency"]["ledger_events"])
+    assert _positive(document["system"]["ratio"])
     assert _positive(document["load_ms"])
     memory = document["memory"]
     assert all(_positive(memory[key]) for key in ("start_mb", "end_mb", "peak_mb"))
@@ -102,7 +112,7 @@ def test_bench_json_document(bench_env: str) -> None:
     [
         (
             ["--only", "nonsense"],
-            "unknown phase(s) ['nonsense']; choose from ingest, latency, rebuild, load",
+            "unknown phase(s) ['nonsense']; choose from ingest, system, latency, rebuild, load",
         ),
         (["--only", "ingest,,rebuilt"], "unknown phase(s) ['rebuilt']; choose from"),
         (["--events", "99"], "--events must be at least 100"),
@@ -130,6 +140,52 @@ def test_bench_refuses_options_it_cannot_run_with(
     [line] = done.stderr.decode().splitlines()
     assert line.startswith(f"ledger: {reason}"), line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_system_and_latency(bench_env: str) -> None:
+    """The running ledger against its no-domain baseline, and latency as downstream sees it."""
+    result = CliRunner().invoke(
+        app,
+        ["bench", "--events", "1000", "--accounts", "50", "--only", "system,latency", "--json"],
+        catch_exceptions=False,
+    )
+
+    assert result.exit_code == 0, result.output
+    document = orjson.loads(result.stdout)
+    assert document["ingest"] is None and document["rebuild"] is None
+    system = document["system"]
+    assert all(_positive(system[key]) for key in ("events_per_s", "baseline_per_s", "ratio"))
+    assert system["ratio"] == pytest.approx(
+        system["events_per_s"] / system["baseline_per_s"], rel=0.01
+    )
+    assert system["messages"] == 1000
+    # Every stored event goes out once; overpayments also send a notification request.
+    assert system["relayed_per_event"] > 1
+    assert system["processes"]["ingest"] >= 1 and system["processes"]["relay"] >= 1
+    roles = {"ingest", "relay", "projections", "broker", "publisher"}
+    if document["backend"] == "postgresql":
+        roles.add("postgres")
+    for figures in (system["cpu_us_per_event"], system["baseline_cpu_us_per_event"]):
+        assert figures.keys() == roles
+        # The OS counts CPU in 10 ms ticks: a short run can see 0 for a light process.
+        assert all(isinstance(value, int | float) and value >= 0 for value in figures.values())
+        assert _positive(figures["ingest"] + figures["relay"])
+    latency = document["latency"]
+    assert _latency_ordered(latency)
+    assert latency["events"] == latency["ledger_events"]["events"] == 200
+    assert _latency_ordered(latency["ledger_events"])
+    relay_sent = latency["ledger_events"]["relay_sent"]
+    assert relay_sent["p50_ms"] <= relay_sent["p99_ms"] <= relay_sent["max_ms"]
+
+
+def test_baseline_relay_sends_the_relays_headers() -> None:
+    notification = Notification(
+        id=7, originator_id=uuid.uuid4(), originator_version=1, topic="t", state=b"{}"
+    )
+    public = {"account_id": "A", "version": 1, "type": "x", "occurred_at": "2030-01-01T00:00:00"}
+    expected = tuple(name for name, _value in cloudevent_headers(notification, public))
+    assert expected == CLOUDEVENT_HEADER_NAMES
+    assert [name for name, _ in baseline_headers(b"A", 7, 1, b"now")] == list(expected)
 
 
 def test_bench_ingest_with_two_workers(bench_env: str) -> None:

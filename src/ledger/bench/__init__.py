@@ -21,12 +21,13 @@ from ledger.bench.latency import measure_latency
 from ledger.bench.rebuild import measure_load, measure_rebuild, populate
 from ledger.bench.report import machine, table
 from ledger.bench.scratch import Scratch
+from ledger.bench.system import measure_system
 from ledger.bench.workload import build_workload
 from ledger.kafka.clients import check_crc32c
 from ledger.settings import Settings
 
-PHASES = ("ingest", "latency", "rebuild", "load")
-"""What `--only` can select; memory is sampled during the ingest phase."""
+PHASES = ("ingest", "system", "latency", "rebuild", "load")
+"""What `--only` can select, in the order they run; memory is sampled during the ingest phase."""
 
 
 class BenchRefused(ValueError):
@@ -64,6 +65,7 @@ def run_bench(
     console = err or Console(stderr=True)
     document: dict[str, Any] = {
         "ingest": None,
+        "system": None,
         "latency": None,
         "rebuild": None,
         "load_ms": None,
@@ -87,9 +89,9 @@ def run_bench(
         workload = build_workload(events, accounts, scratch.run_id)
         document["accounts"] = workload.accounts
         document["mix"] = workload.counts
-        needs_broker = "ingest" in phases or "latency" in phases
+        # The system and latency phases run the ledger's own workers, on brokers of their own.
         document["broker"] = None
-        if needs_broker:
+        if "ingest" in phases:
             scratch.start_broker()
             document["broker"] = scratch.broker_kind
         store_url: str | None = None
@@ -98,6 +100,8 @@ def run_bench(
             document["ingest"] = run.result
             document["memory"] = run.memory
             store_url = run.database_url
+        if "system" in phases:
+            document["system"] = measure_system(scratch, workload, progress, workers=workers)
         if "latency" in phases:
             document["latency"] = measure_latency(scratch, events, progress)
         if "rebuild" in phases:

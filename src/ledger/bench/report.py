@@ -48,12 +48,47 @@ def _throughput_row(label: str, figures: dict[str, Any]) -> tuple[str, str, str,
     )
 
 
+CPU_ROLES = ("ingest", "relay", "projections", "broker", "publisher", "postgres")
+"""The system phase's processes, in the order the table shows their CPU."""
+
+
+def _cpu(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def _latency_cell(figures: dict[str, Any]) -> str:
+    return f"{figures['p50_ms']} / {figures['p99_ms']} / {figures['max_ms']} ms"
+
+
+def _system_rows(system: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Throughput of the running system, then each process's CPU per event beside the
+    baseline's."""
+    processes = ", ".join(f"{count} {role}" for role, count in system["processes"].items())
+    rows = [
+        (
+            f"system: ledger run (events/s; {processes})",
+            _number(system["events_per_s"]),
+            _number(system["baseline_per_s"]),
+            f"{system['ratio']:.2f} (same-run baseline)",
+        )
+    ]
+    ledger_cpu = system["cpu_us_per_event"]
+    baseline_cpu = system["baseline_cpu_us_per_event"]
+    for role in CPU_ROLES:
+        if role not in ledger_cpu:
+            continue
+        mine, theirs = ledger_cpu[role], baseline_cpu.get(role)
+        note = f"{mine / theirs:.2f}x the baseline" if mine and theirs else ""
+        rows.append((f"  CPU us per event: {role}", _cpu(mine), _cpu(theirs), note))
+    return rows
+
+
 def table(document: dict[str, Any]) -> Table:
     """The figures as a rich table."""
+    broker = document["broker"] or "embedded, one per phase"
     result = Table(
         title=(
-            f"ledger bench: {document['events']:,} events, {document['backend']},"
-            f" broker {document['broker']}"
+            f"ledger bench: {document['events']:,} events, {document['backend']}, broker {broker}"
         ),
         caption=f"{document['machine']['cpu']}, {document['machine']['cores']} cores",
     )
@@ -72,14 +107,27 @@ def table(document: dict[str, Any]) -> Table:
                 _number(no_domain["baseline_per_s"]),
                 f"{no_domain['ratio']:.2f} (the ceiling for any domain)",
             )
+    system = document.get("system")
+    if system:
+        for row in _system_rows(system):
+            result.add_row(*row)
     latency = document.get("latency")
     if latency:
+        note = f"at {latency['rate_per_s']:,}/s (p99 target < 250 ms)"
         result.add_row(
-            "latency p50 / p99 / max",
-            f"{latency['p50_ms']} / {latency['p99_ms']} / {latency['max_ms']} ms",
-            "",
-            f"at {latency['rate_per_s']:,}/s (p99 target < 250 ms)",
+            "latency to balance visible p50 / p99 / max", _latency_cell(latency), "", note
         )
+        downstream = latency.get("ledger_events")
+        if downstream:
+            result.add_row(
+                "latency to ledger.events p50 / p99 / max", _latency_cell(downstream), "", note
+            )
+            result.add_row(
+                "  of which publish to the relay's send",
+                _latency_cell(downstream["relay_sent"]),
+                "",
+                "",
+            )
     rebuild = document.get("rebuild")
     if rebuild:
         result.add_row(*_throughput_row("rebuild (events/s)", rebuild))

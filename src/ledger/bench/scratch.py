@@ -27,6 +27,9 @@ from ledger.settings import Settings
 log = structlog.get_logger(__name__)
 
 BENCH_DATABASE_PREFIX = "ledger_bench_"
+PRIVATE_BROKER_STOP_S = 1.0
+"""Grace for a benchmark broker to exit on SIGTERM before it is killed: it keeps nothing worth
+draining (Tansu would wait 5 s for connected clients)."""
 
 
 def _postgres_url(target: DatabaseTarget, dbname: str) -> str:
@@ -49,6 +52,7 @@ class Scratch:
     _databases: list[str] = field(default_factory=list)
     _topics: list[str] = field(default_factory=list)
     _broker: EmbeddedBroker | None = None
+    _private_brokers: list[EmbeddedBroker] = field(default_factory=list)
 
     @property
     def backend(self) -> Literal["sqlite", "postgresql"]:
@@ -101,6 +105,23 @@ class Scratch:
             self.broker_kind = "embedded (started for the run)"
         return self.bootstrap
 
+    def private_broker(self, purpose: str) -> EmbeddedBroker:
+        """A new embedded broker on a free port, for a phase that runs the ledger's own workers.
+
+        Those use the real topic names (`payments.inbound`, `ledger.events`, ...), which must
+        never be touched on the deployment's broker. Stop it with `stop_private_broker`.
+        """
+        broker = EmbeddedBroker(free_port(), log_path=self.directory / f"broker-{purpose}.log")
+        broker.start()
+        self._private_brokers.append(broker)
+        return broker
+
+    def stop_private_broker(self, broker: EmbeddedBroker) -> None:
+        """Stop a broker from `private_broker` (its messages are gone with it)."""
+        if broker in self._private_brokers:
+            self._private_brokers.remove(broker)
+        broker.stop(timeout_s=PRIVATE_BROKER_STOP_S)
+
     def topics(self, purpose: str) -> tuple[str, str]:
         """A fresh inbound topic and its dead-letter topic (the configured partition count)."""
         topic = f"bench-{self.run_id}-{purpose}.payments.inbound"
@@ -130,8 +151,10 @@ class Scratch:
             except psycopg.Error as error:
                 log.warning("could not drop benchmark database", database=name, error=str(error))
         self._databases.clear()
+        for broker in list(self._private_brokers):
+            self.stop_private_broker(broker)
         if self._broker is not None:
-            self._broker.stop(timeout_s=1.0)
+            self._broker.stop(timeout_s=PRIVATE_BROKER_STOP_S)
             self._broker = None
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)

@@ -5,8 +5,9 @@ raw pipeline the ingest is compared with: the same consumer settings, one row pe
 with `executemany`, one transaction per partition per poll, the Kafka position in that
 transaction. `no_domain` runs the real ingest consumer and service with the domain taken out
 (see `NoDomainService`): what is left is the ceiling any domain on top of this pipeline starts
-from. Each prints `ready` on stdout once its partitions are assigned and seeked, and stops on
-SIGTERM.
+from. The system phase's `publisher`, `baseline_relay` and `baseline_projection` are in
+`ledger.bench.system_workers`. Each prints `ready` on stdout once its partitions are assigned and
+seeked, and stops on SIGTERM.
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ from ledger.clock import SystemClock
 from ledger.domain.account import account_uuid
 from ledger.gc_tuning import tune_gc_for_throughput
 from ledger.ingest import InboundMessage, IngestService, PreparedBatch
-from ledger.kafka.clients import ResilientProducer, check_crc32c, make_consumer
+from ledger.kafka.clients import (
+    ProducerStopped,
+    ResilientProducer,
+    check_crc32c,
+    make_consumer,
+)
 from ledger.logging import configure_logging
 from ledger.persistence.database import Database
 from ledger.persistence.event_store import open_event_store
@@ -40,16 +46,27 @@ BASELINE_ROWS_TABLE = "bench_baseline_rows"
 BASELINE_POSITIONS_TABLE = "bench_baseline_positions"
 
 
-def baseline_ddl(kind: str) -> tuple[str, ...]:
-    """Tables of the raw baseline pipeline."""
+def baseline_ddl(kind: str, *, sequenced: bool = False) -> tuple[str, ...]:
+    """Tables of the raw baseline pipeline.
+
+    `sequenced` (the system phase) gives every row an ascending id, as the event store gives
+    every event a notification id, for the baseline relay and projection to read in order: on
+    SQLite the implicit rowid, on PostgreSQL a `row_id` column.
+    """
     blob = "BYTEA" if kind == "postgresql" else "BLOB"
+    row_id = " row_id BIGSERIAL NOT NULL UNIQUE," if sequenced and kind == "postgresql" else ""
     return (
         f"CREATE TABLE IF NOT EXISTS {BASELINE_ROWS_TABLE} (partition_id INTEGER NOT NULL,"
-        f" record_offset BIGINT NOT NULL, record_key {blob}, record_value {blob},"
+        f" record_offset BIGINT NOT NULL, record_key {blob}, record_value {blob},{row_id}"
         " PRIMARY KEY (partition_id, record_offset))",
         f"CREATE TABLE IF NOT EXISTS {BASELINE_POSITIONS_TABLE} (name TEXT PRIMARY KEY,"
         " position BIGINT NOT NULL)",
     )
+
+
+def baseline_row_id(kind: str) -> str:
+    """The column of a sequenced baseline row's id (see `baseline_ddl`)."""
+    return "row_id" if kind == "postgresql" else "rowid"
 
 
 def _ready() -> None:
@@ -148,6 +165,13 @@ def run_baseline(config: dict[str, Any], stop: threading.Event) -> None:
         f"INSERT INTO {BASELINE_POSITIONS_TABLE} (name, position) VALUES (%s, %s)"
         " ON CONFLICT (name) DO UPDATE SET position = excluded.position"
     )
+    # Sequenced rows are read in id order: on PostgreSQL, ids must be committed in order, which
+    # the event store gets from a table lock per write (eventsourcing's application recorder).
+    lock_rows = (
+        f"LOCK TABLE {BASELINE_ROWS_TABLE} IN EXCLUSIVE MODE"
+        if config.get("sequenced") and database.kind == "postgresql"
+        else None
+    )
     try:
         partitions = config.get("partitions") or consumer.partitions_for_topic(topic)
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
@@ -176,6 +200,8 @@ def run_baseline(config: dict[str, Any], stop: threading.Event) -> None:
                     continue
                 position = rows[-1][1] + 1
                 with database.transaction() as cursor:
+                    if lock_rows is not None:
+                        cursor.execute(lock_rows)
                     cursor.executemany(insert_rows, rows)
                     cursor.execute(
                         upsert_position, (f"{topic}:{topic_partition.partition}", position)
@@ -188,6 +214,8 @@ def run_baseline(config: dict[str, Any], stop: threading.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of a benchmark worker process."""
+    from ledger.bench import system_workers  # imports this module: only when run
+
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m ledger.bench.worker CONFIG_JSON", file=sys.stderr)
@@ -196,13 +224,23 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("json", "warning")
     stop = threading.Event()
     install_stop_handlers(stop)
-    if config["kind"] in ("ingest", "no_domain"):
-        run_ingest(config, stop)
-    elif config["kind"] == "baseline":
-        run_baseline(config, stop)
-    else:
+    runners = {
+        "ingest": run_ingest,
+        "no_domain": run_ingest,
+        "baseline": run_baseline,
+        "publisher": system_workers.run_publisher,
+        "baseline_relay": system_workers.run_baseline_relay,
+        "baseline_projection": system_workers.run_baseline_projection,
+    }
+    runner = runners.get(config["kind"])
+    if runner is None:
         print(f"unknown benchmark worker {config['kind']!r}", file=sys.stderr)
         return 2
+    try:
+        runner(config, stop)
+    except ProducerStopped:
+        if not stop.is_set():
+            raise
     return 0
 
 

@@ -9,9 +9,11 @@ contract, an account nobody opened: each becomes a dead letter).
 from __future__ import annotations
 
 import random
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 from kafka import KafkaProducer
@@ -193,3 +195,31 @@ def publish(
     if progress is not None:
         progress(len(lines))
     return ends
+
+
+_LENGTHS = struct.Struct(">II")
+"""A line on disk: the key's and the value's byte lengths, then the key and the value."""
+
+
+def write_lines(path: Path, lines: Sequence[InboundLine]) -> None:
+    """Save lines for another process (the publisher) byte for byte."""
+    with path.open("wb") as file:
+        for line in lines:
+            file.write(_LENGTHS.pack(len(line.key), len(line.value)))
+            file.write(line.key)
+            file.write(line.value)
+
+
+def read_lines(path: Path) -> list[InboundLine]:
+    """The lines `write_lines` saved."""
+    data = path.read_bytes()
+    lines: list[InboundLine] = []
+    offset = 0
+    while offset < len(data):
+        key_bytes, value_bytes = _LENGTHS.unpack_from(data, offset)
+        offset += _LENGTHS.size
+        key = data[offset : offset + key_bytes]
+        offset += key_bytes
+        lines.append(InboundLine(key, data[offset : offset + value_bytes]))
+        offset += value_bytes
+    return lines
