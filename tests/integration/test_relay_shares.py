@@ -45,8 +45,9 @@ from ledger.relay import RelayWorker, make_relay_producer
 from ledger.settings import Settings
 from ledger.storage import open_storage
 from tests.books import invoice, opened, payment
-from tests.e2e.harness import read_topic, wait_for
+from tests.e2e.harness import read_topic
 from tests.faults.harness import PARTITIONS, Workers, max_notification_id, prepare, store_events
+from tests.waiting import wait_for
 
 POLICY = Policy(version="test-1")
 CLOCK = FixedClock(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
