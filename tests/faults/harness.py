@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -259,3 +260,63 @@ def positions(database_url: str) -> dict[str, int]:
             }
     finally:
         database.close()
+
+
+@dataclass
+class ConsumerRun:
+    """What one in-process ingest consumer run left: the consumer, its errors and its logs."""
+
+    consumer: Any
+    errors: list[BaseException]
+    logs: list[dict[str, Any]]
+
+
+def run_consumer(
+    bootstrap: str,
+    service: Any,
+    *,
+    topic: str,
+    dlq: str,
+    until: Any,
+    what: str,
+    timeout_s: float = 60.0,
+) -> ConsumerRun:
+    """Run the real ingest consumer over `service` in a thread until `until(consumer)` or an
+    error, then stop it; fails if the consumer ignores the stop request."""
+    import threading
+
+    from structlog.testing import capture_logs
+
+    from consumers.ingest import IngestConsumer
+    from ledger.kafka.clients import ResilientProducer
+
+    stop = threading.Event()
+    dead_letters = ResilientProducer(bootstrap, stop=stop)
+    consumer = IngestConsumer(
+        bootstrap=bootstrap,
+        service=service,
+        dead_letters=dead_letters,
+        group_id=None,
+        stop=stop,
+        topic=topic,
+        dlq_topic=dlq,
+    )
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            consumer.run()
+        except BaseException as failure:
+            errors.append(failure)
+
+    thread = threading.Thread(target=target)
+    with capture_logs() as logs:
+        thread.start()
+        try:
+            wait_for(lambda: bool(errors) or until(consumer), what, timeout_s)
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+            dead_letters.close()
+    assert not thread.is_alive(), "the consumer ignored the stop request"
+    return ConsumerRun(consumer, errors, logs)

@@ -10,7 +10,6 @@ over the real broker and database; only the commit is made to fail, before it wr
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -18,21 +17,19 @@ from typing import Any
 
 import pytest
 from eventsourcing.persistence import IntegrityError, OperationalError, Tracking
-from structlog.testing import capture_logs
 
-from consumers.ingest import IngestConsumer
 from ledger.clock import FixedClock
 from ledger.domain.account import Account, account_uuid
 from ledger.domain.policy import Policy
 from ledger.ingest import IngestService, PreparedBatch
 from ledger.kafka.broker import EmbeddedBroker
-from ledger.kafka.clients import ResilientProducer, make_producer
+from ledger.kafka.clients import make_producer
 from ledger.kafka.topics import ensure_topics, read_topic
 from ledger.persistence.event_store import open_event_store
 from ledger.persistence.mapper import decode_state
 from ledger.persistence.urls import parse_database_url
 from tests.books import expected_balances, invoice, opened, payment
-from tests.waiting import wait_for
+from tests.faults.harness import run_consumer
 
 POLICY = Policy(version="test-1")
 CLOCK = FixedClock(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
@@ -97,38 +94,18 @@ def test_failed_commits_rewind_to_the_stored_positions(
     producer.close()
 
     store = open_event_store(parse_database_url(database_url), create_table=True)
-    stop = threading.Event()
-    dead_letters = ResilientProducer(broker.bootstrap, stop=stop)
     service = FailingCommits(store, policy=POLICY, clock=CLOCK, error=error)
-    consumer = IngestConsumer(
-        bootstrap=broker.bootstrap,
-        service=service,
-        dead_letters=dead_letters,
-        group_id=None,
-        stop=stop,
-        topic=topic,
-        dlq_topic=dlq,
-    )
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            consumer.run()
-        except BaseException as failure:
-            errors.append(failure)
-
     valid = len(lines) - 3
-    thread = threading.Thread(target=run)
-    with capture_logs() as logs:
-        thread.start()
-        try:
-            wait_for(lambda: bool(errors) or consumer.applied >= valid, "every valid line", 60)
-        finally:
-            stop.set()
-            thread.join(timeout=30)
-            dead_letters.close()
+    done = run_consumer(
+        broker.bootstrap,
+        service,
+        topic=topic,
+        dlq=dlq,
+        until=lambda consumer: consumer.applied >= valid,
+        what="every valid line",
+    )
+    consumer, errors, logs = done.consumer, done.errors, done.logs
     try:
-        assert not thread.is_alive(), "the consumer ignored the stop request"
         assert errors == []
         assert service.commits > max(FAILING_COMMITS)
         assert [e["event"] for e in logs].count(logged) == len(FAILING_COMMITS)

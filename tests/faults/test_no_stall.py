@@ -10,7 +10,6 @@ every good one is applied exactly once, and the books equal an independent model
 from __future__ import annotations
 
 import hashlib
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +21,6 @@ import orjson
 import pytest
 from eventsourcing.persistence import DataError, Tracking
 from kafka import KafkaProducer
-from structlog.testing import capture_logs
 
 from consumers.ingest import IngestConsumer, IngestFailed
 from ledger import limits
@@ -31,13 +29,12 @@ from ledger.domain.account import Account, account_uuid
 from ledger.domain.policy import Policy
 from ledger.ingest import InboundMessage, IngestService, PreparedBatch
 from ledger.kafka.broker import EmbeddedBroker
-from ledger.kafka.clients import ResilientProducer
 from ledger.kafka.topics import ensure_topics, read_topic
 from ledger.persistence.event_store import EventStore, open_event_store
 from ledger.persistence.mapper import decode_state
 from ledger.persistence.urls import parse_database_url
 from tests.books import OCCURRED_AT, expected_balances, invoice, opened, payment
-from tests.waiting import wait_for
+from tests.faults import harness
 
 POLICY = Policy(version="test-1")
 CLOCK = FixedClock(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
@@ -116,37 +113,16 @@ def run_consumer(broker: EmbeddedBroker, database_url: str) -> Iterator[Callable
     ) -> Run:
         store = open_event_store(parse_database_url(database_url), create_table=True)
         stores.append(store)
-        stop = threading.Event()
-        dead_letters = ResilientProducer(broker.bootstrap, stop=stop)
         service = service_class(store, policy=POLICY, clock=CLOCK)
-        consumer = IngestConsumer(
-            bootstrap=broker.bootstrap,
-            service=service,
-            dead_letters=dead_letters,
-            group_id=None,
-            stop=stop,
+        done = harness.run_consumer(
+            broker.bootstrap,
+            service,
             topic=topic,
-            dlq_topic=dlq,
+            dlq=dlq,
+            until=until,
+            what=f"the consumer of {topic}",
         )
-        errors: list[BaseException] = []
-
-        def target() -> None:
-            try:
-                consumer.run()
-            except BaseException as failure:
-                errors.append(failure)
-
-        thread = threading.Thread(target=target)
-        with capture_logs() as logs:
-            thread.start()
-            try:
-                wait_for(lambda: bool(errors) or until(consumer), f"the consumer of {topic}", 60)
-            finally:
-                stop.set()
-                thread.join(timeout=30)
-                dead_letters.close()
-        assert not thread.is_alive(), "the consumer ignored the stop request"
-        return Run(consumer, store, errors, logs, dlq)
+        return Run(done.consumer, store, done.errors, done.logs, dlq)
 
     yield run
     for store in stores:
