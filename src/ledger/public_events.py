@@ -33,7 +33,10 @@ def public_postings(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 def public_data(state: dict[str, Any]) -> dict[str, Any]:
     """An event's own fields, without the store's internals."""
-    return {key: value for key, value in state.items() if key not in _INTERNAL_FIELDS}
+    data = dict(state)  # a copy in C, then a few pops: a third of a filtering comprehension
+    for internal in _INTERNAL_FIELDS:
+        data.pop(internal, None)
+    return data
 
 
 def occurred_at(state: dict[str, Any]) -> str:
