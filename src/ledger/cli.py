@@ -47,8 +47,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rich-formatted help costs `ledger --help` another tenth of a second.
+    rich_markup_mode=None,
 )
-projections_app = typer.Typer(help="Read models: their positions; rebuild them aside.")
+projections_app = typer.Typer(
+    help="Read models: their positions; rebuild them aside.", rich_markup_mode=None
+)
 app.add_typer(projections_app, name="projections")
 
 log = get_logger(__name__)

@@ -68,3 +68,9 @@ def test_a_refused_query_loads_no_more(database_url: str) -> None:
     code, modules, _ = loaded_by(["balance", "NOBODY", "--json"], database_url)
     assert code == 2
     assert modules & NEVER_ON_A_QUERY == set()
+
+
+def test_help_loads_no_more(tmp_path: object) -> None:
+    code, modules, stdout = loaded_by(["--help"], "sqlite:///nowhere.db")
+    assert code == 0 and b"balance" in stdout
+    assert modules & (NEVER_ON_A_QUERY | {"psycopg"}) == set()
