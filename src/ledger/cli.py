@@ -125,7 +125,10 @@ def open_for_query(database_url: str) -> Database:
         target = parse_database_url(database_url)
     except DatabaseUrlError as error:
         raise Refused(str(error)) from error
-    check_database(target, writing=False)
+    if target.kind == "sqlite":
+        # PostgreSQL: the query's own connection says as clearly what is wrong, one connect
+        # sooner; SQLite: the file and its directory are checked before anything opens them.
+        check_database(target, writing=False)
     return Database(target, read_only=True)
 
 

@@ -35,6 +35,13 @@ def is_psycopg_error(error: BaseException, name: str = "Error") -> bool:
     return module is not None and isinstance(error, getattr(module, name))
 
 
+def connect_error_reason(error: psycopg.OperationalError) -> str:
+    """The part of libpq's connection error that says why, on one line."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    reason = first_line.rsplit(" failed: ", 1)[-1]
+    return " ".join(reason.removeprefix("FATAL:").split())
+
+
 class DatabaseUnavailable(Exception):
     """The database could not be reached, refused the connection or stayed locked too long."""
 
@@ -179,7 +186,8 @@ class Database:
                     options=options,
                 )
             except psycopg.OperationalError as error:
-                raise DatabaseUnavailable(f"{self.target.describe()}: {error}") from error
+                reason = connect_error_reason(error)
+                raise DatabaseUnavailable(f"{self.target.describe()}: {reason}") from error
             if self.target.schema:
                 with self._postgres.cursor() as cursor:
                     cursor.execute(f'SET search_path TO "{self.target.schema}"')

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ledger import limits
-from ledger.persistence.database import DatabaseUnavailable
+from ledger.persistence.database import DatabaseUnavailable, connect_error_reason
 from ledger.persistence.urls import DatabaseTarget
 
 if TYPE_CHECKING:
-    import psycopg
+    pass
 
 
 def check_database(target: DatabaseTarget, *, writing: bool) -> None:
@@ -36,13 +36,6 @@ def check_database(target: DatabaseTarget, *, writing: bool) -> None:
             raise DatabaseUnavailable(
                 f"{target.describe()}: {error.strerror or error}: {error.filename}"
             ) from error
-
-
-def connect_error_reason(error: psycopg.OperationalError) -> str:
-    """The part of libpq's connection error that says why, on one line."""
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-    reason = first_line.rsplit(" failed: ", 1)[-1]
-    return " ".join(reason.removeprefix("FATAL:").split())
 
 
 def _check_postgres(target: DatabaseTarget) -> None:
