@@ -35,7 +35,7 @@ from kafka.errors import IllegalStateError, KafkaError
 
 from ledger import limits
 from ledger.ingest import DeadLetter, InboundMessage, IngestService, PreparedBatch
-from ledger.kafka.clients import ResilientProducer, make_consumer
+from ledger.kafka.clients import ResilientProducer, close_consumer, make_consumer
 from ledger.kafka.recovery import StallWatchdog, StartOver, Wedged, check_position, safe_highwaters
 from ledger.kafka.topics import PAYMENTS_INBOUND, PAYMENTS_INBOUND_DLQ, TopicWatcher
 from ledger.persistence.database import DatabaseUnavailable
@@ -204,13 +204,24 @@ class IngestConsumer:
                 consumer.subscribe([self.topic], listener=_Rebalance(self))
 
     def _close_consumer(self) -> None:
-        """Close the consumer (leaving its group, briefly); never under the lock: closing calls
-        the rebalance listener, which takes it on kafka-python's IO thread."""
+        """Close the consumer; never under the lock: closing calls the rebalance listener, which
+        takes it on kafka-python's IO thread.
+
+        A member in the middle of a rebalance does not leave the group (it expires instead):
+        on Tansu, a leader that leaves between its JoinGroup and SyncGroup blocks the group for
+        good (see `close_consumer`).
+        """
         consumer = self.consumer
         if consumer is None:
             return
+        with self.lock:
+            leave_group = not self.watchdog.rebalancing
+        if not leave_group:
+            log.info("closing the consumer mid-rebalance: its member expires instead of leaving")
         try:
-            consumer.close(autocommit=False, timeout_ms=limits.consumer_close_timeout_ms)
+            close_consumer(
+                consumer, leave_group=leave_group, timeout_ms=limits.consumer_close_timeout_ms
+            )
         except Exception as error:  # a wedged consumer may fail to leave its group
             log.warning("closing the consumer failed", topic=self.topic, error=repr(error))
         with self.lock:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from kafka import TopicPartition
 from kafka.errors import IllegalStateError
 
+from ledger.kafka.clients import close_consumer
 from ledger.kafka.recovery import (
     Healthy,
     Keep,
@@ -176,9 +177,61 @@ def test_a_rebalance_that_finishes_in_time_is_fine() -> None:
     assert watchdog.check(TIMEOUT_S * 3, applied={}, log_ends={}) == Healthy()
 
 
+def test_a_rebalance_is_under_way_from_revoke_to_assign() -> None:
+    watchdog = StallWatchdog(TIMEOUT_S)
+    assert not watchdog.rebalancing
+    watchdog.rebalance_started(0)
+    assert watchdog.rebalancing
+    watchdog.excused(5)
+    assert watchdog.rebalancing
+    watchdog.rebalance_finished()
+    assert not watchdog.rebalancing
+
+
 def test_reset_forgets_a_stall_and_a_rebalance() -> None:
     watchdog = StallWatchdog(TIMEOUT_S)
     watchdog.rebalance_started(0)
     verdict_at(watchdog, 0, applied=0, log_end=2)
     watchdog.reset()
     assert verdict_at(watchdog, TIMEOUT_S, applied=0, log_end=2) == Healthy()
+
+
+# close_consumer -------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeCoordinator:
+    """kafka-python's coordinator as `close()` sees it: it leaves only a joined member."""
+
+    member_id: str = "ledger-ingest-1"
+    joined: bool = True
+
+    def reset_generation(self) -> None:
+        self.member_id, self.joined = "", False
+
+
+@dataclass
+class ClosingConsumer:
+    _coordinator: FakeCoordinator = field(default_factory=FakeCoordinator)
+    left_as: list[str] = field(default_factory=list)
+    closed_with: list[dict[str, object]] = field(default_factory=list)
+
+    def close(self, **kwargs: object) -> None:
+        if self._coordinator.joined:  # what kafka-python's maybe_leave_group checks
+            self.left_as.append(self._coordinator.member_id)
+        self.closed_with.append(kwargs)
+
+
+def test_closing_mid_rebalance_sends_no_leave_group() -> None:
+    # Tansu keeps a leader that leaves between JoinGroup and SyncGroup for good: a member closed
+    # in the middle of a rebalance must expire instead.
+    consumer = ClosingConsumer()
+    close_consumer(consumer, leave_group=False, timeout_ms=500)
+    assert consumer.left_as == []
+    assert consumer.closed_with == [{"autocommit": False, "timeout_ms": 500}]
+
+
+def test_closing_a_stable_member_leaves_its_group() -> None:
+    consumer = ClosingConsumer()
+    close_consumer(consumer, leave_group=True, timeout_ms=500)
+    assert consumer.left_as == ["ledger-ingest-1"]

@@ -108,6 +108,11 @@ class StallWatchdog:
         self._stalled_since: float | None = None
         self._rebalance_since: float | None = None
 
+    @property
+    def rebalancing(self) -> bool:
+        """Whether a rebalance started (partitions revoked or lost) and has not finished."""
+        return self._rebalance_since is not None
+
     def delivered(self) -> None:
         """The consumer handed over records: it is alive."""
         self._stalled_since = None
