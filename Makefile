@@ -39,6 +39,7 @@ clean:
 
 chaos: $(STAMP)
 	CHAOS_ITERATIONS=100 $(BIN)/pytest tests/faults/test_crash_anywhere.py
+	RESTART_ITERATIONS=50 $(BIN)/pytest tests/e2e/test_broker_restart.py
 
 deep: $(STAMP)
 	HYPOTHESIS_MAX_EXAMPLES=10000 $(BIN)/pytest tests/properties

@@ -13,6 +13,11 @@ own, recursively, until the one message that fails alone (twice) is found; that 
 dead-lettered as `unprocessable` with the error as its reason, its offset is committed past, and
 the partition goes on. An outage still retries the whole batch with back-off. If even a commit
 of no events fails, the fault is not one message's: the worker stops (IngestFailed).
+
+kafka-python 3 calls the rebalance listener on its own IO thread, while `run()` works on the
+caller's: one lock keeps them apart, and is never held while kafka-python is asked to do
+network work that would call the listener (poll, close). A watchdog (`ledger.kafka.recovery`)
+rebuilds a group consumer that stops delivering while its partitions lag (docs/broker-restart.md).
 """
 
 from __future__ import annotations
@@ -28,12 +33,19 @@ from typing import Any
 import structlog
 from eventsourcing.persistence import IntegrityError, Tracking
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import IllegalStateError, KafkaError
 
 from consumers.dead_letters import DeadLetterSender
 from ledger import limits
 from ledger.ingest import DeadLetter, InboundMessage, IngestService, PreparedBatch
-from ledger.kafka.clients import ProducerFailed, ProducerStopped, ResilientProducer, make_consumer
+from ledger.kafka.clients import (
+    ProducerFailed,
+    ProducerStopped,
+    ResilientProducer,
+    close_consumer,
+    make_consumer,
+)
+from ledger.kafka.recovery import StallWatchdog, StartOver, Wedged, check_position, safe_highwaters
 from ledger.kafka.topics import (
     PAYMENTS_INBOUND,
     PAYMENTS_INBOUND_DLQ,
@@ -85,14 +97,20 @@ def _unprocessable(message: InboundMessage, error: BaseException) -> DeadLetter:
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Runs on kafka-python's IO thread: takes the owner's lock, as `run()` does."""
+
     def __init__(self, owner: IngestConsumer) -> None:
         self.owner = owner
 
     def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        self.owner.revoke(revoked)
+        with self.owner.lock:
+            self.owner.watchdog.rebalance_started(time.monotonic())
+            self.owner.revoke(revoked)
 
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        self.owner.assign(assigned)
+        with self.owner.lock:
+            self.owner.watchdog.rebalance_finished()
+            self.owner.assign(assigned)
 
 
 class IngestConsumer:
@@ -115,6 +133,7 @@ class IngestConsumer:
         partitions: Sequence[int] | None = None,
         pipelined: bool | None = None,
         on_assigned: Callable[[], None] | None = None,
+        consumer_factory: Callable[[], KafkaConsumer] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.service = service
@@ -144,41 +163,132 @@ class IngestConsumer:
         self._writer: ThreadPoolExecutor | None = None
         self._in_flight: _InFlight | None = None
         self._conflicts = 0
+        self._consumer_factory = consumer_factory or self._default_consumer
+        self.lock = threading.RLock()
+        """Held by `run()` between polls and by the rebalance listener (another thread)."""
+        self.watchdog = StallWatchdog(limits.consumer_stall_timeout_s)
+        self.rebuilds = 0
+
+    def _default_consumer(self) -> KafkaConsumer:
+        return make_consumer(self.bootstrap, group_id=self.group_id, client_id="ledger-ingest")
 
     def run(self) -> None:
         """Consume until stopped."""
-        consumer = make_consumer(self.bootstrap, group_id=self.group_id, client_id="ledger-ingest")
-        self.consumer = consumer
         if self.pipelined:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-commit")
-        self.topic_id = self._current_topic_id()
-        if self.group_id is None:
-            partitions = self.static_partitions
-            if partitions is None:
-                partitions = sorted(consumer.partitions_for_topic(self.topic) or ())
-            assigned = [TopicPartition(self.topic, p) for p in partitions]
-            consumer.assign(assigned)
-            self.assign(assigned)
-        else:
-            consumer.subscribe([self.topic], listener=_Rebalance(self))
+        with self.lock:
+            self.topic_id = self._current_topic_id()
+        self._start_consumer()
         next_check = time.monotonic() + limits.topic_check_interval_s
         try:
             while not self.stop.is_set():
-                records = consumer.poll(
-                    timeout_ms=limits.poll_timeout_ms, max_records=limits.poll_records_max
-                )
-                for topic_partition, batch in records.items():
-                    if self.stop.is_set() or not self._process(topic_partition, batch):
-                        break
-                self.settle(wait=False)  # notice a finished (or failed) commit without new records
-                if time.monotonic() >= next_check:
-                    self.check_incarnation()
-                    next_check = time.monotonic() + limits.topic_check_interval_s
+                records = self._poll()
+                with self.lock:
+                    if records:
+                        self.watchdog.delivered()
+                    for topic_partition, batch in records.items():
+                        if self.stop.is_set() or not self._process(topic_partition, batch):
+                            break
+                    self.settle(wait=False)  # notice a finished (or failed) commit
+                    verdict = None
+                    if time.monotonic() >= next_check:
+                        self.check_incarnation()
+                        verdict = self.check_progress()
+                        next_check = time.monotonic() + limits.topic_check_interval_s
+                if isinstance(verdict, Wedged):
+                    self._rebuild_consumer(verdict.reason)
         finally:
-            self._drain()
-            self.watcher.close()
-            consumer.close(autocommit=False)
+            with self.lock:
+                self._drain()
+                self.watcher.close()
+            self._close_consumer()
+
+    def _start_consumer(self) -> None:
+        """Build the Kafka consumer and take the partitions (assigned, or from the group)."""
+        consumer = self._consumer_factory()
+        with self.lock:
+            self.consumer = consumer
+            self.watchdog.reset()
+            if self.group_id is None:
+                partitions = self.static_partitions
+                if partitions is None:
+                    partitions = sorted(consumer.partitions_for_topic(self.topic) or ())
+                assigned = [TopicPartition(self.topic, p) for p in partitions]
+                consumer.assign(assigned)
+                self.assign(assigned)
+            else:
+                consumer.subscribe([self.topic], listener=_Rebalance(self))
+
+    def _close_consumer(self) -> None:
+        """Close the consumer; never under the lock: closing calls the rebalance listener, which
+        takes it on kafka-python's IO thread.
+
+        A member in the middle of a rebalance does not leave the group (it expires instead):
+        on Tansu, a leader that leaves between its JoinGroup and SyncGroup blocks the group for
+        good (see `close_consumer`).
+        """
+        consumer = self.consumer
+        if consumer is None:
+            return
+        with self.lock:
+            leave_group = not self.watchdog.rebalancing
+        if not leave_group:
+            log.info("closing the consumer mid-rebalance: its member expires instead of leaving")
+        try:
+            close_consumer(
+                consumer, leave_group=leave_group, timeout_ms=limits.consumer_close_timeout_ms
+            )
+        except Exception as error:  # a wedged consumer may fail to leave its group
+            log.warning("closing the consumer failed", topic=self.topic, error=repr(error))
+        with self.lock:
             self.consumer = None
+
+    def _rebuild_consumer(self, reason: str) -> None:
+        """Replace a wedged consumer by a new one, which joins the group afresh."""
+        self.rebuilds += 1
+        log.warning(
+            "consumer wedged: rebuilding it",
+            topic=self.topic,
+            reason=reason,
+            rebuilds=self.rebuilds,
+            partitions=sorted(self.partitions),
+        )
+        with self.lock:
+            self.settle()
+        self._close_consumer()
+        with self.lock:
+            self.partitions.clear()
+            self.service.clear()
+        self._start_consumer()
+
+    def _poll(self) -> dict[TopicPartition, list[Any]]:
+        """One poll; a broker that cannot be reached is waited for, not fatal."""
+        consumer = self.consumer
+        assert consumer is not None
+        try:
+            records: dict[TopicPartition, list[Any]] = consumer.poll(
+                timeout_ms=limits.poll_timeout_ms, max_records=limits.poll_records_max
+            )
+        except KafkaError as error:
+            if not error.retriable:
+                raise
+            log.warning("broker unavailable: polling again", topic=self.topic, error=repr(error))
+            self.stop.wait(limits.backoff_initial_s)
+            return {}
+        return records
+
+    def check_progress(self) -> Wedged | None:
+        """The watchdog's verdict on the group consumer: Wedged, or None (fine, or cannot say)."""
+        if self.group_id is None:
+            return None  # an assigned consumer has no group machinery to wedge
+        applied = {partition: state.position for partition, state in self.partitions.items()}
+        try:
+            log_ends = self.watcher.log_ends(self.topic, sorted(applied))
+        except KafkaError as error:
+            log.debug("cannot read the log ends", topic=self.topic, error=repr(error))
+            return None
+        verdict = self.watchdog.check(time.monotonic(), applied=applied, log_ends=log_ends)
+        return verdict if isinstance(verdict, Wedged) else None
 
     def _drain(self) -> None:
         """On the way out: let the commit in flight finish; a failed one is redone next run."""
@@ -226,11 +336,9 @@ class IngestConsumer:
         for topic_partition in assigned:
             name = tracking_name(self.topic, self.topic_id, topic_partition.partition)
             position = recorder.max_tracking_id(name)
+            if not self._seek(topic_partition, position):
+                continue
             self.partitions[topic_partition.partition] = PartitionState(name, position)
-            if position is None:
-                consumer.seek_to_beginning(topic_partition)
-            else:
-                consumer.seek(topic_partition, position)
             log.info(
                 "partition assigned",
                 topic=self.topic,
@@ -240,6 +348,29 @@ class IngestConsumer:
             )
         if self.on_assigned is not None:
             self.on_assigned()
+
+    def _seek(self, topic_partition: TopicPartition, position: int | None) -> bool:
+        """Position the consumer (None: the partition's start); False if it is no longer ours.
+
+        kafka-python changes the assignment on its IO thread, so a partition listed a moment ago
+        may be gone: its listener call follows, and tells us.
+        """
+        consumer = self.consumer
+        if consumer is None:
+            return False
+        try:
+            if position is None:
+                consumer.seek_to_beginning(topic_partition)
+            else:
+                consumer.seek(topic_partition, position)
+        except (ValueError, IllegalStateError):
+            log.info(
+                "partition no longer assigned",
+                topic=self.topic,
+                partition=topic_partition.partition,
+            )
+            return False
+        return True
 
     def revoke(self, revoked: Sequence[TopicPartition]) -> None:
         """Forget partitions another consumer now owns (and their cached accounts)."""
@@ -261,12 +392,14 @@ class IngestConsumer:
         if current != self.topic_id:
             self.assign(assigned)
             return
+        highwaters = safe_highwaters(consumer, [tp.partition for tp in assigned], self.topic)
         for topic_partition in assigned:
             state = self.partitions.get(topic_partition.partition)
-            highwater = consumer.highwater(topic_partition)
-            if state is None or state.position is None or highwater is None:
+            if state is None:
                 continue
-            if state.position > highwater:
+            highwater = highwaters.get(topic_partition.partition)
+            decision = check_position(stored_position=state.position, highwater=highwater)
+            if isinstance(decision, StartOver):
                 generation = f"~{int(time.time() * 1000)}"
                 name = tracking_name(
                     self.topic, self.topic_id, topic_partition.partition, generation
@@ -279,9 +412,10 @@ class IngestConsumer:
                     position=state.position,
                     highwater=highwater,
                     tracking_name=name,
+                    reason=decision.reason,
                 )
-                self.partitions[topic_partition.partition] = PartitionState(name, None)
-                consumer.seek_to_beginning(topic_partition)
+                if self._seek(topic_partition, None):
+                    self.partitions[topic_partition.partition] = PartitionState(name, None)
 
     def _process(self, topic_partition: TopicPartition, records: Sequence[Any]) -> bool:
         """Prepare one partition batch and hand it to the commit; False after a rewind.
@@ -441,11 +575,7 @@ class IngestConsumer:
                     state.position = recorder.max_tracking_id(state.tracking_name)
                     if consumer is None:
                         continue
-                    topic_partition = TopicPartition(self.topic, partition)
-                    if state.position is None:
-                        consumer.seek_to_beginning(topic_partition)
-                    else:
-                        consumer.seek(topic_partition, state.position)
+                    self._seek(TopicPartition(self.topic, partition), state.position)
                 return
             except Exception as error:
                 if not is_outage(error):
@@ -466,6 +596,7 @@ class IngestConsumer:
         )
         if self.stop.wait(backoff_s):
             raise error
+        self.watchdog.excused(time.monotonic())  # waiting for the database is no wedged consumer
         return min(backoff_s * 2, limits.backoff_max_s)
 
     def _isolate(self, partition: int, messages: list[InboundMessage], error: Exception) -> None:
@@ -488,7 +619,7 @@ class IngestConsumer:
         )
         self._narrow(state, partition, messages, error)
         if self.consumer is not None and state.position is not None:
-            self.consumer.seek(TopicPartition(self.topic, partition), state.position)
+            self._seek(TopicPartition(self.topic, partition), state.position)
 
     def _narrow(
         self,

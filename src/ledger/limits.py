@@ -29,6 +29,12 @@ read_topic_idle_ms = 1500
 """`read_topic` (the demo's and the tests' reader) stops after this long with nothing new."""
 topic_check_interval_s = 5.0
 """How often a consumer re-checks topic ids and high watermarks for recreated topics."""
+consumer_stall_timeout_s = 20.0
+"""A group consumer whose owned partitions lag their log ends while it delivers nothing for this
+long, or whose rebalance started and has not finished after this long, is closed and rebuilt
+(the watchdog in `ledger.kafka.recovery`). Several group joins (3 s each on Tansu) fit in it."""
+consumer_close_timeout_ms = 2000
+"""How long closing a (possibly wedged) consumer may wait for its LeaveGroup."""
 batch_retry_max = 8
 """Attempts for one partition batch after version conflicts before the consumer gives up."""
 conflict_backoff_s = 0.01

@@ -87,6 +87,29 @@ def make_consumer(bootstrap: str, *, group_id: str | None, client_id: str) -> Ka
     )
 
 
+def close_consumer(consumer: KafkaConsumer, *, leave_group: bool, timeout_ms: int) -> None:
+    """Close a consumer; with `leave_group` False its member is left to expire from the group
+    (session timeout) instead of sending LeaveGroup.
+
+    Tansu 0.6.0 keeps a member that leaves between its JoinGroup and its SyncGroup as the group's
+    leader for good (a Forming group's LeaveGroup drops the member but not the leader, and only a
+    member can expire): no later member ever gets a partition, until the broker restarts. So a
+    consumer closed in the middle of a rebalance must not leave; one that merely goes silent
+    expires after `consumer_session_timeout_ms`. kafka-python has no public switch for this:
+    resetting the coordinator's generation marks the member unjoined, and `close()` then skips
+    LeaveGroup.
+    """
+    if not leave_group:
+        reset_generation = getattr(
+            getattr(consumer, "_coordinator", None), "reset_generation", None
+        )
+        if reset_generation is None:
+            log.warning("cannot skip LeaveGroup: kafka-python's coordinator API changed")
+        else:
+            reset_generation()
+    consumer.close(autocommit=False, timeout_ms=timeout_ms)
+
+
 class ProducerFailed(Exception):
     """A batch could not be delivered even through rebuilt producers; nothing of it is certain."""
 

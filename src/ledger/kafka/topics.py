@@ -25,6 +25,7 @@ from typing import Any
 import kafka.errors as kafka_errors
 import structlog
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import OffsetSpec
 
 from ledger import limits
 
@@ -199,6 +200,26 @@ class TopicWatcher:
         """The topic's current id as UUID text; None if it does not exist or has no id."""
         info = self.describe(name)
         return None if info is None else info.topic_id
+
+    def log_ends(self, name: str, partitions: Sequence[int]) -> dict[int, int]:
+        """Each partition's log end (the next offset), asked of the brokers, not of a consumer.
+
+        On Tansu 0.6.0 this can be lower than the real end (see NOTES: ListOffsets); use it only
+        where a low value is harmless.
+        """
+        if not partitions:
+            return {}
+        if self._admin is None:
+            self._admin = make_admin(self._bootstrap, client_id="ledger-topic-watcher")
+        try:
+            answer = self._admin.list_partition_offsets(
+                {TopicPartition(name, p): OffsetSpec.LATEST for p in partitions},
+                timeout_ms=limits.client_request_timeout_ms,
+            )
+        except kafka_errors.KafkaError:
+            self.close()
+            raise
+        return {tp.partition: int(found.offset) for tp, found in answer.items()}
 
     def close(self) -> None:
         """Close the admin client (a later call builds a new one)."""
