@@ -28,8 +28,8 @@ from tests.e2e.harness import (
     read_balances,
     start_ledger_run,
     stop_ledger_run,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 ITERATIONS = int(os.environ.get("RESTART_ITERATIONS", "5"))
 PARTITIONS = 4
