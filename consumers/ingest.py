@@ -53,7 +53,7 @@ from ledger.kafka.topics import (
     tracking_name,
 )
 from ledger.outages import is_outage
-from ledger.schemas.inbound import InboundRejected, parse_inbound
+from ledger.schemas.inbound import parse_inbound
 
 log = structlog.get_logger(__name__)
 
@@ -90,7 +90,7 @@ def _unprocessable(message: InboundMessage, error: BaseException) -> DeadLetter:
     try:
         fact = parse_inbound(message.value)
         account_id, event_id = fact.account_id, fact.event_id
-    except (InboundRejected, Exception):  # only a best effort at naming it in the log
+    except Exception:  # only a best effort at naming it (InboundRejected and any other)
         pass
     reason = f"unprocessable: {type(error).__name__}: {error}"
     return DeadLetter(message, "unprocessable", reason, account_id, event_id)
