@@ -13,11 +13,6 @@ from ledger.persistence.mapper import current_state
 _INTERNAL_FIELDS = frozenset({"timestamp", "originator_topic", "postings", "class_version"})
 
 
-def event_type_name(topic: str) -> str:
-    """The public name of a stored event topic (`payment_received`); UnknownEventType if none."""
-    return event_name(topic)
-
-
 def public_postings(state: dict[str, Any]) -> list[dict[str, Any]]:
     """An event's postings as public JSON (`debit`, `credit`, `amount`, `currency`)."""
     return [
@@ -50,7 +45,7 @@ def public_event(notification: Notification, state: dict[str, Any] | None = None
         state = current_state(notification.topic, notification.state)
     data = public_data(state)
     return {
-        "type": event_type_name(notification.topic),
+        "type": event_name(notification.topic),
         "account_id": state["account_id"],
         "version": notification.originator_version,
         "occurred_at": occurred_at(state),

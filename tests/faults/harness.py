@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from ledger.deploy_setup import prepare_deployment
+from ledger.domain.event_names import event_name
 from ledger.generations import live_state
 from ledger.kafka.broker import set_parent_death_signal
 from ledger.persistence.database import Database
@@ -24,7 +25,6 @@ from ledger.persistence.event_store import open_event_store
 from ledger.persistence.mapper import decode_state
 from ledger.persistence.relay_positions import relay_position
 from ledger.persistence.urls import parse_database_url
-from ledger.public_events import event_type_name
 from ledger.settings import Settings
 from tests.books import invoice, line, opened, payment
 from tests.waiting import wait_for
@@ -224,7 +224,7 @@ def store_events(database_url: str) -> list[StoredEvent]:
                         notification.id,
                         state["account_id"],
                         notification.originator_version,
-                        event_type_name(notification.topic),
+                        event_name(notification.topic),
                     )
                 )
             position = page[-1].id

@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 from consumers.ingest import IngestConsumer
 from ledger.clock import FixedClock
 from ledger.domain.account import Account, account_uuid
+from ledger.domain.event_names import event_name
 from ledger.domain.policy import Policy
 from ledger.ingest import InboundMessage, IngestService
 from ledger.kafka.broker import EmbeddedBroker
@@ -33,7 +34,6 @@ from ledger.persistence.database import Database
 from ledger.persistence.event_store import EventStore, open_event_store
 from ledger.persistence.mapper import decode_state
 from ledger.persistence.urls import parse_database_url
-from ledger.public_events import event_type_name
 from ledger.read_models import live, prepare_tables
 from ledger.tailing import run_tail
 from projections import queries
@@ -180,7 +180,7 @@ def test_two_writers_of_one_account(broker: EmbeddedBroker, database_url: str) -
     stored = []
     for notification in recorder.select_notifications(start=0, limit=10_000):
         state = decode_state(notification.state)
-        state["type"] = event_type_name(notification.topic)
+        state["type"] = event_name(notification.topic)
         state["version"] = notification.originator_version
         stored.append(state)
     # Every fact exactly once, versions contiguous, postings as serial application computes them.

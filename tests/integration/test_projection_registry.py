@@ -18,6 +18,7 @@ from eventsourcing.persistence import Notification, StoredEvent, Tracking
 from ledger import read_models, workers
 from ledger.clock import FixedClock
 from ledger.domain.account import account_uuid
+from ledger.domain.event_names import event_name
 from ledger.domain.policy import Policy
 from ledger.generations import live_positions
 from ledger.ingest import InboundMessage, IngestService
@@ -25,7 +26,6 @@ from ledger.persistence.database import Cursor, Database
 from ledger.persistence.event_store import EventStore, open_event_store
 from ledger.persistence.urls import parse_database_url
 from ledger.projection import Generation
-from ledger.public_events import event_type_name
 from ledger.settings import Settings
 from ledger.tailing import run_tail
 from projections import balances, queries
@@ -62,7 +62,7 @@ class EventCounts:
         notifications: Sequence[Notification],
     ) -> None:
         table = generation.table(COUNTS)
-        counts = Counter(event_type_name(n.topic) for n in notifications)
+        counts = Counter(event_name(n.topic) for n in notifications)
         database.insert_rows(
             cursor,
             table,
@@ -148,7 +148,7 @@ def test_the_worker_runs_every_registered_projection_at_its_own_position(
     with database.read() as cursor:
         cursor.execute(f"SELECT type, events FROM {Generation(1).table(COUNTS)}")
         counted = {str(type_name): int(events) for type_name, events in cursor.fetchall()}
-    assert counted == Counter(event_type_name(n.topic) for n in stored)
+    assert counted == Counter(event_name(n.topic) for n in stored)
     for account, books in model_of(LINES + MORE).balances.items():
         answer = queries.balance(database, account)
         assert {

@@ -68,11 +68,6 @@ def event_name(topic: str) -> str:
         raise UnknownEventType(f"unknown event type {topic!r}") from None
 
 
-def is_known(topic: str) -> bool:
-    """Whether `topic` names an event this code can read."""
-    return topic in _NAME_BY_TOPIC
-
-
 def register_legacy_topics() -> None:
     """Make the library resolve every legacy topic to today's class (idempotent)."""
     for old, name in LEGACY_TOPICS.items():
