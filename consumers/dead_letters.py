@@ -22,6 +22,7 @@ import structlog
 from ledger import limits
 from ledger.ingest import DeadLetter, InboundMessage
 from ledger.kafka.clients import Headers, MessageRefused, ResilientProducer
+from ledger.schemas.errors import one_line_reason
 
 log = structlog.get_logger(__name__)
 
@@ -29,19 +30,12 @@ _RECORD_OVERHEAD_BYTES = 512
 """Generous room for a record's own framing (lengths, varints, batch header) in a request."""
 
 
-def _one_line(reason: str) -> str:
-    flat = " ".join(reason.split())
-    if len(flat) > limits.reason_chars_max:
-        return flat[: limits.reason_chars_max - 3] + "..."
-    return flat
-
-
 def reason_headers(letter: DeadLetter) -> Headers:
     """Why the message was refused and where it came from (DESIGN.md's dead-letter headers)."""
     message = letter.message
     return [
         ("error_kind", letter.kind.encode()),
-        ("error_reason", _one_line(letter.reason).encode()),
+        ("error_reason", one_line_reason(letter.reason).encode()),
         ("source_topic", message.topic.encode()),
         ("source_partition", str(message.partition).encode()),
         ("source_offset", str(message.offset).encode()),
@@ -170,5 +164,5 @@ def _log_dead_letter(letter: DeadLetter) -> None:
         partition=message.partition,
         offset=message.offset,
         error_kind=letter.kind,
-        error_reason=_one_line(letter.reason),
+        error_reason=one_line_reason(letter.reason),
     )

@@ -52,7 +52,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from ledger import limits
 from ledger.domain.money import ISO_4217_CODES
-from ledger.schemas.errors import ErrorKind
+from ledger.schemas.errors import ErrorKind, one_line_reason
 
 InboundErrorKind = Literal["not_json", "contract", "too_large"]
 """The dead-letter kinds `parse_inbound` can give; the others come from later stages."""
@@ -250,7 +250,7 @@ class InboundRejected(Exception):
 
     def __init__(self, kind: InboundErrorKind, reason: str) -> None:
         self.kind = kind
-        self.reason = _one_line(reason)
+        self.reason = one_line_reason(reason)
         super().__init__(kind, self.reason)
 
     def __str__(self) -> str:
@@ -305,13 +305,6 @@ def _reject(kind: InboundErrorKind, reason: str) -> NoReturn:
 
 def _reject_too_deep() -> NoReturn:
     _reject("contract", f"contract: JSON nested deeper than {limits.json_depth_max} levels")
-
-
-def _one_line(text: str) -> str:
-    flat = " ".join(text.split())
-    if len(flat) > limits.reason_chars_max:
-        return flat[: limits.reason_chars_max - 3] + "..."
-    return flat
 
 
 def _depth_exceeds(value: object, depth_max: int) -> bool:
