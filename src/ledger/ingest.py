@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 from eventsourcing.application import AggregateNotFoundError
@@ -33,13 +33,20 @@ from ledger.domain.errors import DomainRuleError, UnknownAccountError
 from ledger.domain.money import CurrencyError, Money, MoneyError
 from ledger.domain.policy import Policy
 from ledger.persistence.event_store import EventStore
+from ledger.persistence.outcomes import CommandOutcome, OutcomeKey
 from ledger.schemas.errors import ErrorKind
 from ledger.schemas.inbound import (
     AccountOpenedIn,
+    CouponRedeemedIn,
+    CreditRedeemedIn,
     InboundEvent,
     InboundRejected,
     InvoiceIssuedIn,
+    InvoiceVoidedIn,
     PaymentReceivedIn,
+    PaymentReturnedIn,
+    RefundFailedIn,
+    RefundSettledIn,
     parse_inbound,
 )
 
@@ -80,8 +87,32 @@ class PreparedBatch:
     """The accounts the batch moved, by account id."""
     snapshots: list[StoredEvent] = field(default_factory=list)
     """Snapshots of accounts that passed a multiple of the interval, encoded when prepared."""
+    outcomes: list[CommandOutcome] = field(default_factory=list)
+    """Staff commands' outcomes, recorded with the events (they are the commands' keys)."""
     duplicates: int = 0
     applied: int = 0
+
+
+class HasAccount(Protocol):
+    """A parsed message naming its account (a fact or a staff command)."""
+
+    @property
+    def account_id(self) -> str:
+        """The account it is for."""
+        ...
+
+
+_HANDLED = (
+    InvoiceIssuedIn,
+    PaymentReceivedIn,
+    RefundSettledIn,
+    RefundFailedIn,
+    PaymentReturnedIn,
+    InvoiceVoidedIn,
+    CouponRedeemedIn,
+    CreditRedeemedIn,
+)
+"""The facts about an existing account that the ledger applies (disputes come later)."""
 
 
 def idempotency_key(processor: str, event_id: str) -> str:
@@ -109,12 +140,21 @@ class IngestService:
         # What held batches (handed to a commit not yet confirmed) recorded, outside the cache's
         # cap: their keys, and their accounts with the sequence of the last batch that moved each.
         self._held_keys: set[str] = set()
+        self._held_outcomes: dict[OutcomeKey, str] = {}
         self._held_accounts: dict[str, tuple[int, Account]] = {}
+
+    def new_batch(self) -> PreparedBatch:
+        """An empty batch with the next sequence number (for every service sharing this one)."""
+        self._sequence += 1
+        return PreparedBatch(sequence=self._sequence)
+
+    def held_outcomes(self, keys: Iterable[OutcomeKey]) -> dict[OutcomeKey, str]:
+        """Of `keys`, the commands whose outcome a held batch records, with their body digests."""
+        return {key: self._held_outcomes[key] for key in keys if key in self._held_outcomes}
 
     def prepare(self, messages: Sequence[InboundMessage]) -> PreparedBatch:
         """Parse, de-duplicate and apply a batch; nothing is written yet."""
-        self._sequence += 1
-        batch = PreparedBatch(sequence=self._sequence)
+        batch = self.new_batch()
         parsed: list[tuple[InboundMessage, InboundEvent]] = []
         for message in messages:
             try:
@@ -124,7 +164,7 @@ class IngestService:
         keys = [idempotency_key(fact.processor, fact.event_id) for _, fact in parsed]
         seen = self.store.key_recorder.select_inbound_keys(set(keys)) if keys else set()
         seen.update(self._held_keys.intersection(keys))
-        absent = self._absent(fact for _, fact in parsed)
+        absent = self.absent_accounts(fact for _, fact in parsed)
         now = self.clock.now()  # one recording time for the batch: it is one transaction
         for (message, fact), key in zip(parsed, keys, strict=True):
             if key in seen:
@@ -147,7 +187,7 @@ class IngestService:
             seen.add(key)
             batch.keys.append(key)
             batch.applied += 1
-        batch.snapshots = self._encode_snapshots(batch)
+        batch.snapshots = self.encode_snapshots(batch)
         return batch
 
     def _record(
@@ -172,25 +212,29 @@ class IngestService:
         mapper = self.store.mapper
         stored = [mapper.to_stored_event(event) for event in batch.events]
         self.store.process_recorder.insert_events(
-            stored, tracking=tracking, inbound_keys=batch.keys
+            stored, tracking=tracking, inbound_keys=batch.keys, outcomes=batch.outcomes
         )
         self._write_snapshots(batch.snapshots)
 
     def hold(self, batch: PreparedBatch) -> None:
         """The batch is being committed: its keys count as seen, its accounts stay loaded."""
         self._held_keys.update(batch.keys)
+        for outcome in batch.outcomes:
+            self._held_outcomes[outcome.key] = outcome.body_sha256
         for account_id, account in batch.accounts.items():
             self._held_accounts[account_id] = (batch.sequence, account)
 
     def release(self, batch: PreparedBatch) -> None:
         """The batch's commit is confirmed: the store now answers for its keys and accounts."""
         self._held_keys.difference_update(batch.keys)
+        for outcome in batch.outcomes:
+            self._held_outcomes.pop(outcome.key, None)
         for account_id in batch.accounts:
             held = self._held_accounts.get(account_id)
             if held is not None and held[0] == batch.sequence:
                 del self._held_accounts[account_id]
 
-    def _encode_snapshots(self, batch: PreparedBatch) -> list[StoredEvent]:
+    def encode_snapshots(self, batch: PreparedBatch) -> list[StoredEvent]:
         """Snapshots of the batch's accounts that passed a multiple of the snapshot interval.
 
         Taken and encoded now: a snapshot shares the account's dicts, which the next batch
@@ -223,9 +267,10 @@ class IngestService:
         """Forget every cached account and every held batch (the store is the truth again)."""
         self._cache.clear()
         self._held_keys.clear()
+        self._held_outcomes.clear()
         self._held_accounts.clear()
 
-    def _absent(self, facts: Iterable[InboundEvent]) -> set[str]:
+    def absent_accounts(self, facts: Iterable[HasAccount]) -> set[str]:
         """Accounts the batch names that neither memory nor the store knows (one query).
 
         Most openings are of new accounts, and a fact for an account nobody opened is a dead
@@ -253,7 +298,7 @@ class IngestService:
         if isinstance(fact, AccountOpenedIn):
             if fact.account_id in absent:
                 absent.discard(fact.account_id)  # a second opening in the batch is refused
-            elif self._load(fact.account_id, moved) is not None:
+            elif self.load(fact.account_id, moved) is not None:
                 raise DomainRuleError(f"account {fact.account_id} is already open")
             account = Account.open(
                 account_id=fact.account_id,
@@ -266,21 +311,21 @@ class IngestService:
             )
             self._remember(account)
             return account
-        if not isinstance(fact, InvoiceIssuedIn | PaymentReceivedIn):
+        if not isinstance(fact, _HANDLED):
             raise DomainRuleError(f"{fact.type} is not handled yet")
-        account_or_none = None if fact.account_id in absent else self._load(fact.account_id, moved)
+        account_or_none = None if fact.account_id in absent else self.load(fact.account_id, moved)
         if account_or_none is None:
             raise UnknownAccountError(f"account {fact.account_id} was never opened")
-        account = account_or_none
-        if isinstance(fact, InvoiceIssuedIn):
-            account.issue_invoice(
-                invoice_id=fact.invoice_id,
-                amount=Money(fact.amount.value, fact.amount.currency),
-                due_date=fact.due_date,
-                origin=origin,
-                now=now,
-            )
-        else:
+        self._apply_to(account_or_none, fact, origin, now)
+        return account_or_none
+
+    def _apply_to(
+        self, account: Account, fact: InboundEvent, origin: FactOrigin, now: datetime
+    ) -> None:
+        """Apply one processor fact to its (existing) account."""
+        policy = self.policy
+        fields = origin.event_fields()
+        if isinstance(fact, PaymentReceivedIn):
             account.receive_payment(
                 payment_id=fact.payment_id,
                 amount=Money(fact.amount.value, fact.amount.currency),
@@ -288,11 +333,63 @@ class IngestService:
                 invoice_id=fact.invoice_id,
                 origin=origin,
                 now=now,
-                policy=self.policy,
+                policy=policy,
             )
-        return account
+        elif isinstance(fact, InvoiceIssuedIn):
+            account.issue_invoice(
+                invoice_id=fact.invoice_id,
+                amount=Money(fact.amount.value, fact.amount.currency),
+                due_date=fact.due_date,
+                origin=origin,
+                now=now,
+                policy=policy,
+            )
+        elif isinstance(fact, RefundSettledIn):
+            account.check_currency(fact.amount.currency)
+            account.settle_refund(
+                refund_id=fact.refund_id,
+                amount_minor=fact.amount.value,
+                origin=fields,
+                policy=policy,
+                now=now,
+            )
+        elif isinstance(fact, RefundFailedIn):
+            account.fail_refund(
+                refund_id=fact.refund_id, reason=fact.reason, origin=fields, policy=policy, now=now
+            )
+        elif isinstance(fact, PaymentReturnedIn):
+            account.check_currency(fact.amount.currency)
+            account.return_payment(
+                payment_id=fact.payment_id,
+                amount_minor=fact.amount.value,
+                reason=fact.reason,
+                origin=fields,
+                now=now,
+            )
+        elif isinstance(fact, InvoiceVoidedIn):
+            account.void_invoice_and_detect(
+                invoice_id=fact.invoice_id, origin=origin, policy=policy, now=now
+            )
+        elif isinstance(fact, CouponRedeemedIn):
+            account.check_currency(fact.amount.currency)
+            account.redeem_coupon(
+                code=fact.coupon_code,
+                amount_minor=fact.amount.value,
+                invoice_id=fact.invoice_id,
+                origin=fields,
+                now=now,
+            )
+        elif isinstance(fact, CreditRedeemedIn):
+            account.check_currency(fact.amount.currency)
+            account.redeem_store_credit(
+                redemption_id=fact.redemption_id,
+                amount_minor=fact.amount.value,
+                invoice_id=fact.invoice_id,
+                origin=fields,
+                now=now,
+            )
 
-    def _load(self, account_id: str, moved: dict[str, Account]) -> Account | None:
+    def load(self, account_id: str, moved: dict[str, Account]) -> Account | None:
         """The account from memory (this batch, the cache, a held batch) or else the store."""
         account = moved.get(account_id)
         if account is not None:  # even if the cache's bound dropped it during this batch

@@ -22,10 +22,14 @@ import orjson
 import structlog
 from eventsourcing.persistence import Notification
 
-from ledger.domain.event_names import OVERPAYMENT_DETECTED
+from ledger.domain.event_names import (
+    OVERPAYMENT_DETECTED,
+    OVERPAYMENT_RESOLVED,
+    REFUND_REQUESTED,
+)
 from ledger.kafka.clients import ResilientProducer
 from ledger.kafka.partitioning import Share
-from ledger.kafka.topics import LEDGER_EVENTS, LEDGER_NOTIFICATIONS
+from ledger.kafka.topics import LEDGER_EVENTS, LEDGER_NOTIFICATIONS, PAYMENTS_OUTBOUND
 from ledger.persistence.database import Database
 from ledger.persistence.mapper import decode_state, upcast_state
 from ledger.persistence.positions import read_position, write_position
@@ -36,13 +40,45 @@ log = structlog.get_logger(__name__)
 
 
 def notification_request(public: dict[str, Any]) -> dict[str, Any]:
-    """The customer notification request for a detected overpayment."""
+    """The customer notification request for a detected overpayment: the amount and the
+    resolutions the policy allows for the account (sent before any verification)."""
     return {
         "notification_id": f"{public['account_id']}:{public['version']}:overpayment_detected",
         "account_id": public["account_id"],
         "template": "overpayment_detected",
         "overpayment_id": public["overpayment_id"],
         "amount": {"value": public["amount_minor"], "currency": public["currency"]},
+        "options": public.get("options") or [],
+        "requested_at": public["occurred_at"],
+    }
+
+
+def coupon_notification(public: dict[str, Any]) -> dict[str, Any] | None:
+    """The customer's coupon (only for a resolution that issued one)."""
+    if not public.get("coupon_code"):
+        return None
+    amount = sum(p["amount"] for p in public["postings"])
+    currency = public["postings"][0]["currency"] if public["postings"] else None
+    return {
+        "notification_id": f"{public['account_id']}:{public['version']}:coupon_issued",
+        "account_id": public["account_id"],
+        "template": "coupon_issued",
+        "overpayment_id": public["overpayment_id"],
+        "coupon_code": public["coupon_code"],
+        "amount": {"value": amount, "currency": currency},
+        "requested_at": public["occurred_at"],
+    }
+
+
+def refund_request(public: dict[str, Any]) -> dict[str, Any]:
+    """The refund request to the processor (`refund_id` is its idempotency key)."""
+    return {
+        "refund_id": public["refund_id"],
+        "account_id": public["account_id"],
+        "payment_id": public["payment_id"],
+        "method": public["method"],
+        "amount": {"value": public["amount_minor"], "currency": public["currency"]},
+        "attempt": public["attempt"],
         "requested_at": public["occurred_at"],
     }
 
@@ -52,14 +88,16 @@ class Route:
     """A message that an event sends besides itself on `ledger.events`."""
 
     topic: str
-    message: Callable[[dict[str, Any]], dict[str, Any]]
-    """Builds the message's JSON from the event's public JSON."""
+    message: Callable[[dict[str, Any]], dict[str, Any] | None]
+    """Builds the message's JSON from the event's public JSON (None: this event sends none)."""
     id_field: str
     """The message field that is its `ce_id` (the same each time it is sent)."""
 
 
 ROUTES: Final[dict[str, tuple[Route, ...]]] = {
     OVERPAYMENT_DETECTED: (Route(LEDGER_NOTIFICATIONS, notification_request, "notification_id"),),
+    OVERPAYMENT_RESOLVED: (Route(LEDGER_NOTIFICATIONS, coupon_notification, "notification_id"),),
+    REFUND_REQUESTED: (Route(PAYMENTS_OUTBOUND, refund_request, "refund_id"),),
 }
 """Which events send what beyond `ledger.events` (every event goes there), by stable name."""
 
@@ -114,6 +152,8 @@ class OutboxRelay:
                 continue
             for route in ROUTES.get(public["type"], ()):
                 message = route.message(public)
+                if message is None:
+                    continue
                 # Same key, same share: the client's partitioner keeps one account's order.
                 self.producer.send(
                     route.topic,

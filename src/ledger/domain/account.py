@@ -13,6 +13,7 @@ from eventsourcing.domain import Snapshot as LibrarySnapshot
 from ledger import limits
 from ledger.domain.errors import DomainRuleError
 from ledger.domain.money import Money
+from ledger.domain.overpayments import OverpaymentHandling
 from ledger.domain.policy import Policy
 from ledger.domain.postings import (
     LedgerAccount,
@@ -56,7 +57,7 @@ def account_uuid(account_id: str) -> uuid.UUID:
     return uuid.uuid5(ACCOUNT_NAMESPACE, account_id)
 
 
-class Account(Aggregate):
+class Account(OverpaymentHandling, Aggregate):
     """One customer account in one currency, with its ledger balances.
 
     Every class whose instances are stored has an explicit, stable `TOPIC` (the library refuses
@@ -70,12 +71,21 @@ class Account(Aggregate):
     """
 
     TOPIC = "account"
-    class_version = 2
+    class_version = 3
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
         """v2 dropped `open_overpayment_minor`, which was written and never read."""
         state.pop("open_overpayment_minor", None)
+
+    @staticmethod
+    def upcast_v2_v3(state: dict[str, Any]) -> None:
+        """v3 tracks the protocol: overpayments, payments, invoices, refunds, coupons and
+        follow-ups (a v2 snapshot knows none of those it had seen), closure, last activity."""
+        for name in ("overpayments", "payments", "invoices", "refunds", "coupons", "follow_ups"):
+            state.setdefault(name, {})
+        state.setdefault("closed", False)
+        state.setdefault("last_activity", state.get("_modified_on") or state.get("_created_on"))
 
     class Snapshot(LibrarySnapshot):
         """A snapshot of an account's state (the library's, under a stable name)."""
@@ -131,6 +141,11 @@ class Account(Aggregate):
         invoice_id: str
         due_date: str
 
+        def apply(self, aggregate: Any) -> None:
+            """Move the balances; remember the invoice (it may be voided)."""
+            aggregate.apply_postings(self.postings)
+            aggregate.invoices[self.invoice_id] = {"amount": self.amount_minor, "voided": False}
+
     class PaymentReceived(MoneyFact):
         """Money arrived: it settles the receivable and any excess becomes customer credit."""
 
@@ -140,10 +155,28 @@ class Account(Aggregate):
         method: str
         invoice_id: str | None
 
+        def apply(self, aggregate: Any) -> None:
+            """Move the balances; remember the payment (it may come back) and the activity."""
+            aggregate.apply_postings(self.postings)
+            settled = sum(
+                p.amount_minor for p in self.postings if p.credit == LedgerAccount.RECEIVABLE
+            )
+            aggregate.payments[self.payment_id] = {
+                "amount": self.amount_minor,
+                "method": self.method,
+                "settled": settled,
+                "overpayment_id": None,
+                "returned": False,
+            }
+            aggregate.last_activity = self.reported_at
+
     class OverpaymentDetected(Event):
-        """A payment exceeded the whole receivable; the excess (already posted) is owed back."""
+        """A payment exceeded the whole receivable (or a paid invoice was voided); the excess,
+        already posted as customer credit, is owed back. Names the departments that must verify
+        it and the resolutions the policy allows, for the customer's notification."""
 
         TOPIC = "overpayment_detected"
+        class_version = 2
 
         overpayment_id: str
         payment_id: str
@@ -151,6 +184,31 @@ class Account(Aggregate):
         currency: str
         policy_version: str
         postings: tuple[Posting, ...]
+        departments: list[str]
+        options: list[str]
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """v2 names the departments (none: by the policy at verification) and options."""
+            state.setdefault("departments", [])
+            state.setdefault("options", [])
+
+        def apply(self, aggregate: Any) -> None:
+            """Open the overpayment: its whole amount is unresolved credit."""
+            aggregate.overpayments[self.overpayment_id] = {
+                "id": self.overpayment_id,
+                "payment_id": self.payment_id,
+                "amount": self.amount_minor,
+                "status": "detected",
+                "departments": list(self.departments),
+                "verified": {},
+                "resolution": None,
+                "places": {"credit": self.amount_minor},
+                "detected_at": self.timestamp.isoformat(),
+            }
+            payment = aggregate.payments.get(self.payment_id)
+            if payment is not None and payment["overpayment_id"] is None:
+                payment["overpayment_id"] = self.overpayment_id
 
     def __init__(
         self,
@@ -169,6 +227,14 @@ class Account(Aggregate):
         self.jurisdiction = jurisdiction
         self.currency = currency
         self.balances: dict[str, int] = {}
+        self.closed = False
+        self.last_activity = reported_at
+        self.overpayments: dict[str, dict[str, Any]] = {}
+        self.payments: dict[str, dict[str, Any]] = {}
+        self.invoices: dict[str, dict[str, Any]] = {}
+        self.refunds: dict[str, dict[str, Any]] = {}
+        self.coupons: dict[str, str] = {}
+        self.follow_ups: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def open(
@@ -211,8 +277,13 @@ class Account(Aggregate):
         due_date: date,
         origin: FactOrigin,
         now: datetime,
+        policy: Policy,
     ) -> None:
-        """Bill the customer."""
+        """Bill the customer; credit waiting for the next bill settles it at once."""
+        if self.closed:
+            raise DomainRuleError(f"account {self.account_id} is cancelled: no more invoices")
+        if invoice_id in self.invoices:
+            raise DomainRuleError(f"invoice {invoice_id} was issued already")
         self._check_money(amount)
         postings = (
             Posting(
@@ -229,6 +300,7 @@ class Account(Aggregate):
             invoice_id=invoice_id,
             due_date=due_date.isoformat(),
         )
+        self.apply_credit_to_invoice(invoice_id, policy, now)
 
     def receive_payment(
         self,
@@ -243,6 +315,8 @@ class Account(Aggregate):
     ) -> None:
         """Take a payment: settle what is owed; any excess is customer credit and an overpayment."""
         self._check_money(amount)
+        if payment_id in self.payments:
+            raise DomainRuleError(f"payment {payment_id} was received already")
         owed_minor = self.balances.get(LedgerAccount.RECEIVABLE, 0)
         settled_minor = min(amount.amount_minor, owed_minor)
         excess_minor = amount.amount_minor - settled_minor
@@ -268,18 +342,36 @@ class Account(Aggregate):
             method=method,
             invoice_id=invoice_id,
         )
-        if excess_minor >= policy.overpayment.detect_minimum_minor:
-            self.trigger_event(
-                self.OverpaymentDetected,
-                timestamp=now,
-                account_id=self.account_id,
-                overpayment_id=f"{self.account_id}:op:{self.version + 1}",
-                payment_id=payment_id,
-                amount_minor=excess_minor,
-                currency=self.currency,
-                policy_version=policy.version,
-                postings=(),
-            )
+        self._detect_overpayment(payment_id, excess_minor, policy, now)
+
+    def void_invoice_and_detect(
+        self, *, invoice_id: str, origin: FactOrigin, policy: Policy, now: datetime
+    ) -> None:
+        """Void an invoice; what was already paid of it is an overpayment like any other."""
+        paid = self.void_invoice(
+            invoice_id=invoice_id, origin=origin.event_fields(), policy=policy, now=now
+        )
+        last_payment = next(reversed(self.payments), "") if self.payments else ""
+        self._detect_overpayment(last_payment, paid, policy, now)
+
+    def _detect_overpayment(
+        self, payment_id: str, excess_minor: int, policy: Policy, now: datetime
+    ) -> None:
+        if excess_minor < policy.overpayment.detect_minimum_minor:
+            return
+        self.trigger_event(
+            self.OverpaymentDetected,
+            timestamp=now,
+            account_id=self.account_id,
+            overpayment_id=f"{self.account_id}:op:{self.version + 1}",
+            payment_id=payment_id,
+            amount_minor=excess_minor,
+            currency=self.currency,
+            policy_version=policy.version,
+            postings=(),
+            departments=list(policy.required_departments(excess_minor, self.currency)),
+            options=list(policy.allowed_resolutions(self.kind)),
+        )
 
     def _record_money_fact(
         self,
@@ -305,6 +397,17 @@ class Account(Aggregate):
     def apply_postings(self, postings: tuple[Posting, ...]) -> None:
         """Move balances (called only while applying an already validated event)."""
         add_movements(self.balances, movements(postings))
+
+    def pending_event_count(self) -> int:
+        """Events triggered and not yet collected."""
+        return len(self.pending_events)
+
+    def check_currency(self, currency: str) -> None:
+        """Refuse money in another currency than the account's one."""
+        if currency != self.currency:
+            raise DomainRuleError(
+                f"account {self.account_id} is in {self.currency}, not {currency}"
+            )
 
     def _check_money(self, amount: Money) -> None:
         if amount.currency != self.currency:

@@ -9,3 +9,13 @@ class DomainRuleError(ValueError):
 
 class UnknownAccountError(LookupError):
     """A fact or command names an account that was never opened."""
+
+
+class UnauthorizedError(DomainRuleError):
+    """A command above its actor's authority under the loaded policy (the reason names a role
+    that may take it)."""
+
+
+class StaleFiring(Exception):
+    """A scheduler firing whose item is no longer due (done already, or moved): answered by a
+    no-op outcome, never a dead letter."""

@@ -17,22 +17,25 @@ from typing import Any, Final
 
 from eventsourcing.utils import register_topic
 
+from ledger.domain import protocol_events as ev
 from ledger.domain.account import Account
 
 ACCOUNT_OPENED: Final = Account.Opened.TOPIC
 INVOICE_ISSUED: Final = Account.InvoiceIssued.TOPIC
 PAYMENT_RECEIVED: Final = Account.PaymentReceived.TOPIC
 OVERPAYMENT_DETECTED: Final = Account.OverpaymentDetected.TOPIC
+OVERPAYMENT_RESOLVED: Final = ev.OverpaymentResolved.TOPIC
+REFUND_REQUESTED: Final = ev.RefundRequested.TOPIC
 
-EVENT_CLASSES: Final[dict[str, type[Any]]] = {
-    cls.TOPIC: cls
-    for cls in (
-        Account.Opened,
-        Account.InvoiceIssued,
-        Account.PaymentReceived,
-        Account.OverpaymentDetected,
-    )
-}
+_STORED_EVENTS: Final[tuple[type[Any], ...]] = (
+    Account.Opened,
+    Account.InvoiceIssued,
+    Account.PaymentReceived,
+    Account.OverpaymentDetected,
+    *ev.PROTOCOL_EVENTS,
+)
+
+EVENT_CLASSES: Final[dict[str, type[Any]]] = {cls.TOPIC: cls for cls in _STORED_EVENTS}
 """Every event that can be on the store's log, by its stable name."""
 
 LEGACY_TOPICS: Final[dict[str, str]] = {

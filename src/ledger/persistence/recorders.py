@@ -14,6 +14,15 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
 from ledger import limits
+from ledger.persistence.outcomes import (
+    COLUMNS as OUTCOME_COLUMNS,
+)
+from ledger.persistence.outcomes import (
+    OUTCOMES_TABLE,
+    CommandOutcome,
+    OutcomeKey,
+    create_table_sql,
+)
 
 INBOUND_KEYS_TABLE = "ledger_inbound_keys"
 
@@ -38,6 +47,10 @@ class InboundKeyRecorder:
         """The given aggregate ids that have at least one stored event (one query per chunk)."""
         raise NotImplementedError
 
+    def select_outcomes(self, keys: Collection[OutcomeKey]) -> dict[OutcomeKey, str]:
+        """Of the given commands, those with a recorded outcome, with their body digests."""
+        raise NotImplementedError
+
 
 class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
     """SQLite process recorder with an inbound idempotency-key table."""
@@ -48,6 +61,7 @@ class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
         statements.append(
             f"CREATE TABLE IF NOT EXISTS {INBOUND_KEYS_TABLE} (key TEXT PRIMARY KEY) WITHOUT ROWID"
         )
+        statements.append(create_table_sql(OUTCOMES_TABLE))
         return statements
 
     def _insert_events(
@@ -57,6 +71,13 @@ class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
         if keys:
             c.executemany(
                 f"INSERT INTO {INBOUND_KEYS_TABLE} (key) VALUES (?)", [(key,) for key in keys]
+            )
+        outcomes: Sequence[CommandOutcome] = kwargs.get("outcomes") or ()
+        if outcomes:
+            c.executemany(
+                f"INSERT INTO {OUTCOMES_TABLE} ({', '.join(OUTCOME_COLUMNS)})"
+                f" VALUES ({', '.join('?' * len(OUTCOME_COLUMNS))})",
+                [outcome.row() for outcome in outcomes],
             )
         tracking: Tracking | None = kwargs.get("tracking")
         if tracking is None:
@@ -93,6 +114,21 @@ class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
         )
         return {UUID(hex_id) for hex_id in found}
 
+    def select_outcomes(self, keys: Collection[OutcomeKey]) -> dict[OutcomeKey, str]:
+        """Of the given commands, those with a recorded outcome, with their body digests."""
+        found: dict[OutcomeKey, str] = {}
+        with self.datastore.transaction(commit=False) as c:
+            for account_id, command_id in keys:
+                c.execute(
+                    f"SELECT body_sha256 FROM {OUTCOMES_TABLE}"
+                    " WHERE account_id = ? AND command_id = ?",
+                    (account_id, command_id),
+                )
+                row = c.fetchone()
+                if row is not None:
+                    found[(account_id, command_id)] = row[0]
+        return found
+
     def _select_in(self, query: str, values: Collection[str]) -> list[str]:
         """`query (?, ?, ...)` over `values` in chunks; the first column of every row."""
         found: list[str] = []
@@ -118,6 +154,18 @@ class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder)
         )
         # Arrays go in binary (%b): psycopg's text dumping escapes every element with regular
         # expressions, about 7x slower for the event array.
+        outcomes = Identifier(self.datastore.schema or "public", OUTCOMES_TABLE)
+        self.sql_create_statements.append(
+            SQL(create_table_sql("{0}")).format(outcomes)
+        )
+        self._insert_outcomes_statement = SQL(
+            "INSERT INTO {0} (" + ", ".join(OUTCOME_COLUMNS) + ")"
+            " VALUES (" + ", ".join(["%s"] * len(OUTCOME_COLUMNS)) + ")"
+        ).format(outcomes)
+        self._select_outcomes_statement = SQL(
+            "SELECT account_id, command_id, body_sha256 FROM {0}"
+            " WHERE (account_id, command_id) IN (SELECT * FROM unnest(%b::text[], %b::text[]))"
+        ).format(outcomes)
         self._insert_keys_statement = SQL("INSERT INTO {0} (key) SELECT unnest(%b::text[])").format(
             table
         )
@@ -150,6 +198,11 @@ class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder)
         keys: Collection[str] = kwargs.get("inbound_keys") or ()
         if keys:
             curs.execute(self._insert_keys_statement, (list(keys),))
+        outcomes: Sequence[CommandOutcome] = kwargs.get("outcomes") or ()
+        if outcomes:
+            curs.executemany(
+                self._insert_outcomes_statement, [outcome.row() for outcome in outcomes]
+            )
         super()._insert_events(curs, stored_events, **kwargs)
 
     def _insert_stored_events(
@@ -173,6 +226,19 @@ class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder)
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self._select_keys_statement, (list(keys),))
             return {row["key"] for row in curs.fetchall()}
+
+    def select_outcomes(self, keys: Collection[OutcomeKey]) -> dict[OutcomeKey, str]:
+        """Of the given commands, those with a recorded outcome, with their body digests."""
+        ordered = list(keys)
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                self._select_outcomes_statement,
+                ([key[0] for key in ordered], [key[1] for key in ordered]),
+            )
+            return {
+                (row["account_id"], row["command_id"]): row["body_sha256"]
+                for row in curs.fetchall()
+            }
 
     def select_existing_originators(self, originator_ids: Collection[UUID]) -> set[UUID]:
         """The given aggregate ids that have at least one stored event."""

@@ -33,7 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable
-from typing import Annotated, Any, Final, Literal, NoReturn
+from typing import Annotated, Any, Final, Literal, NoReturn, TypeVar
 
 import pydantic_core
 from pydantic import (
@@ -53,6 +53,8 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from ledger import limits
 from ledger.domain.money import ISO_4217_CODES
 from ledger.schemas.errors import ErrorKind, one_line_reason
+
+T = TypeVar("T")
 
 InboundErrorKind = Literal["not_json", "contract", "too_large"]
 """The dead-letter kinds `parse_inbound` can give; the others come from later stages."""
@@ -214,6 +216,40 @@ class DisputeClosedIn(_CommonIn):
     outcome: Literal["won", "lost", "withdrawn"]
 
 
+class PaymentReturnedIn(_CommonIn):
+    """A payment came back: an ACH return, a bounced check, a card reversal."""
+
+    type: Literal["payment.returned"]
+    payment_id: Identifier
+    amount: MoneyIn
+    reason: Text
+
+
+class InvoiceVoidedIn(_CommonIn):
+    """An invoice was voided."""
+
+    type: Literal["invoice.voided"]
+    invoice_id: Identifier
+
+
+class CouponRedeemedIn(_CommonIn):
+    """A coupon the ledger issued was used."""
+
+    type: Literal["coupon.redeemed"]
+    coupon_code: Identifier
+    amount: MoneyIn
+    invoice_id: Identifier | None = None
+
+
+class CreditRedeemedIn(_CommonIn):
+    """Store credit was used for a purchase."""
+
+    type: Literal["credit.redeemed"]
+    redemption_id: Identifier
+    amount: MoneyIn
+    invoice_id: Identifier | None = None
+
+
 InboundEvent = Annotated[
     AccountOpenedIn
     | InvoiceIssuedIn
@@ -221,7 +257,11 @@ InboundEvent = Annotated[
     | RefundSettledIn
     | RefundFailedIn
     | DisputeOpenedIn
-    | DisputeClosedIn,
+    | DisputeClosedIn
+    | PaymentReturnedIn
+    | InvoiceVoidedIn
+    | CouponRedeemedIn
+    | CreditRedeemedIn,
     Field(discriminator="type"),
 ]
 """Any inbound payment event, selected by its `type`."""
@@ -235,9 +275,13 @@ INBOUND_TYPES: Final[frozenset[str]] = frozenset(
         "refund.failed",
         "dispute.opened",
         "dispute.closed",
+        "payment.returned",
+        "invoice.voided",
+        "coupon.redeemed",
+        "credit.redeemed",
     }
 )
-"""Every `type` of contract version 1."""
+"""Every `type` of contract version 1 (the last four added with the overpayment protocol)."""
 
 _ADAPTER: Final[TypeAdapter[InboundEvent]] = TypeAdapter(InboundEvent)
 
@@ -264,6 +308,12 @@ class InboundRejected(Exception):
 
 def parse_inbound(raw: bytes | None) -> InboundEvent:
     """Parse one `payments.inbound` message value, or raise InboundRejected saying why not."""
+    return parse_message(raw, _ADAPTER, INBOUND_TYPES)
+
+
+def parse_message(raw: bytes | None, adapter: TypeAdapter[T], tags: frozenset[str]) -> T:
+    """Parse one message value by the steps above into `adapter`'s type (a union selected by
+    `type`, whose values are `tags`), or raise InboundRejected saying why not."""
     if not raw:
         _reject("not_json", "not_json: empty message")
     if len(raw) > limits.message_bytes_max:
@@ -280,9 +330,9 @@ def parse_inbound(raw: bytes | None) -> InboundEvent:
     if brackets > limits.json_depth_max and _depth_exceeds(value, limits.json_depth_max):
         _reject_too_deep()
     try:
-        return _ADAPTER.validate_python(value)
+        return adapter.validate_python(value)
     except ValidationError as error:
-        _reject("contract", _contract_reason(error))
+        _reject("contract", contract_reason(error, tags))
 
 
 def inbound_account_id(raw: bytes) -> str | None:
@@ -339,7 +389,7 @@ def _json_kind(value: object) -> str:
     return "null"
 
 
-def _describe_error(error: ErrorDetails) -> str:
+def _describe_error(error: ErrorDetails, tags: frozenset[str]) -> str:
     """One validation error as "field.path: message", without the discriminator tag."""
     error_type = error["type"]
     if error_type == "union_tag_not_found":
@@ -352,16 +402,17 @@ def _describe_error(error: ErrorDetails) -> str:
     if error_type == "string_pattern_mismatch":
         message = _control_character_message(error) or message
     location = error["loc"]
-    if location and location[0] in INBOUND_TYPES:
+    if location and location[0] in tags:
         location = location[1:]
     path = ".".join(str(part) for part in location)
     return f"{path}: {message}" if path else message
 
 
-def _contract_reason(error: ValidationError) -> str:
+def contract_reason(error: ValidationError, tags: frozenset[str] = INBOUND_TYPES) -> str:
+    """A validation error as one `contract: field.path: message` line."""
     # Inputs are read only to place a control character; no reason ever quotes them.
     errors = error.errors(include_url=False, include_input=True, include_context=True)
-    reason = f"contract: {_describe_error(errors[0])}"
+    reason = f"contract: {_describe_error(errors[0], tags)}"
     if len(errors) > 1:
         more = len(errors) - 1
         reason += f" (and {more} more error{'s' if more > 1 else ''})"
