@@ -54,6 +54,11 @@ projections_app = typer.Typer(
     help="Read models: their positions; rebuild them aside.", rich_markup_mode=None
 )
 app.add_typer(projections_app, name="projections")
+policy_app = typer.Typer(
+    help="The policy file: show the one in use, check one before using it.",
+    rich_markup_mode=None,
+)
+app.add_typer(policy_app, name="policy")
 
 log = get_logger(__name__)
 
@@ -367,6 +372,39 @@ def projections_status(json_output: JsonOption = False) -> None:
     out().print(table)
 
 
+@policy_app.command("show")
+def policy_show(json_output: JsonOption = False) -> None:
+    """The policy in use: LEDGER_POLICY, or the shipped one (durations in ISO 8601)."""
+    from ledger.policy_file import DEFAULT_SOURCE, load_policy
+    from ledger.settings import load_settings
+
+    # The settings `ledger run` reads: this shows the policy a run would use.
+    path = load_settings().policy
+    document = {
+        **load_policy(path).model_dump(mode="json"),
+        "source": DEFAULT_SOURCE if path is None else str(path),
+    }
+    if json_output:
+        print_json(document)
+        return
+    from ledger.policy_view import policy_tables
+
+    for table in policy_tables(document):
+        out().print(table)
+
+
+@policy_app.command("check")
+def policy_check(
+    file: Annotated[Path, typer.Argument(help="The policy file to validate.")],
+) -> None:
+    """Validate a policy file without starting anything: exit 0 if valid, else 2 and why."""
+    from ledger.policy_file import load_policy
+
+    policy = load_policy(file)
+    sys.stdout.write(f"policy {file}: valid (version {policy.version})\n")
+    sys.stdout.flush()
+
+
 @app.command()
 def republish(
     from_position: Annotated[
@@ -540,9 +578,12 @@ def _stop_on_signals(stop: threading.Event) -> None:
 @app.command()
 def run() -> None:
     """Start every process; Ctrl-C stops them cleanly."""
+    from ledger.policy_file import load_policy
     from ledger.runner import Supervisor
 
     settings = settings_and_logging()
+    # A bad policy file is refused before anything starts (and before anything has to stop).
+    load_policy(settings.policy)
     stop = threading.Event()
     _stop_on_signals(stop)
     supervisor = Supervisor(settings)

@@ -90,6 +90,19 @@ sqlite_quiescent_read_attempts_max = 5
 """Tries of a query on a SQLite file that nobody had open, read as immutable, when a writer
 changed the file during the read (the next try reads through the writer's WAL)."""
 
+# The policy file (bounds on what a policy may set).
+policy_refund_retry_max = 20
+"""The most retries of a failed refund a policy may allow (`refunds.retry_max`), and the most
+entries of `refunds.retry_backoff`."""
+policy_thresholds_max = 100
+"""Most verification thresholds one policy may list (over all currencies)."""
+policy_follow_up_contacts_max = 100
+"""Most contacts a policy may let a follow-up make before it escalates."""
+policy_errors_shown_max = 10
+"""Most problems one refused policy file's one-line reason names (then "and N more")."""
+policy_duration_max_days = 36_500
+"""Longest duration a policy may set (escrow period, dormancy, back-off ...): a century."""
+
 # Relays (shares of ledger.events, leases, standbys).
 relay_workers_max = 64
 """Most relay shares (`LEDGER_RELAY_WORKERS`); more than the partitions leaves shares idle."""

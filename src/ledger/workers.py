@@ -19,6 +19,7 @@ import structlog
 from consumers.ingest import IngestConsumer
 from ledger import read_models
 from ledger.clock import SystemClock
+from ledger.domain.policy import PolicyError
 from ledger.gc_tuning import tune_gc_for_throughput
 from ledger.ingest import IngestService
 from ledger.kafka.broker import resolve_bootstrap
@@ -26,7 +27,7 @@ from ledger.kafka.clients import ProducerStopped, ResilientProducer, check_crc32
 from ledger.logging import bind_process_context, configure_logging
 from ledger.policy_file import load_policy
 from ledger.relay import run_relay
-from ledger.settings import Settings, load_settings
+from ledger.settings import Settings, SettingsError, load_settings
 from ledger.storage import open_storage
 from ledger.tailing import run_tails
 
@@ -102,7 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or args[0] not in WORKER_NAMES:
         print(f"usage: python -m ledger.workers {{{'|'.join(WORKER_NAMES)}}}", file=sys.stderr)
         return 2
-    settings = load_settings()
+    try:
+        settings = load_settings()
+        # Checked by every worker, before anything starts: one line and exit 2, as `ledger run`
+        # reports it, rather than a traceback from the first worker that reads the policy.
+        load_policy(settings.policy)
+    except (SettingsError, PolicyError) as error:
+        print(f"ledger: {error}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_format, settings.log_level)
     bind_process_context(worker=args[0])
     # `kill -USR1 <pid>` writes every thread's stack to stderr: for a worker that seems stuck.

@@ -14,6 +14,7 @@ from ledger import limits
 from ledger.domain.errors import DomainRuleError
 from ledger.domain.money import Money
 from ledger.domain.overpayments import OverpaymentHandling
+from ledger.domain.policy import ACCOUNT_KINDS as ACCOUNT_KINDS  # re-exported: its old home
 from ledger.domain.policy import Policy
 from ledger.domain.postings import (
     LedgerAccount,
@@ -27,8 +28,6 @@ from ledger.domain.postings import (
 )
 
 ACCOUNT_NAMESPACE = uuid.UUID("6f1c1f5e-8f0a-4a55-9d3c-2b8f5c1d7a10")
-
-ACCOUNT_KINDS = ("utility", "monthly", "retail")
 
 
 @dataclass(frozen=True, slots=True)
