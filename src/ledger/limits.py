@@ -190,3 +190,10 @@ kafka_outage_quiet_s = 60.0
 """A broker outage's log lines end with a summary once the Kafka clients have logged no error
 for this long (if no successful connection ended it first). Longer than kafka-python's largest
 reconnect back-off (30 s), so one outage is reported once."""
+
+staff_command_timeout_s = 10.0
+"""How long a CLI staff command waits for its outcome by default (`--timeout`); then exit 3."""
+
+outcome_poll_initial_s = 0.02
+outcome_poll_max_s = 0.25
+"""How often a waiting staff command reads its outcome (doubling from the first to the last)."""
