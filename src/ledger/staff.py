@@ -84,14 +84,17 @@ def check_command(
     except InboundRejected as rejected:
         raise StaffRefused(rejected.reason) from rejected
     action = AUTHORITY_ACTIONS.get(request.command_type)
-    if action is not None and amount_minor is not None:
-        if not policy.may(request.role, action, amount_minor):
-            allowed = policy.roles_that_may(action, amount_minor)
-            needs = " or ".join(allowed) if allowed else "no role under this policy"
-            raise StaffRefused(
-                f"unauthorized: {request.actor_id} ({request.role}) may not {action}"
-                f" {amount_minor} minor units; needs {needs}"
-            )
+    if (
+        action is not None
+        and amount_minor is not None
+        and not policy.may(request.role, action, amount_minor)
+    ):
+        allowed = policy.roles_that_may(action, amount_minor)
+        needs = " or ".join(allowed) if allowed else "no role under this policy"
+        raise StaffRefused(
+            f"unauthorized: {request.actor_id} ({request.role}) may not {action}"
+            f" {amount_minor} minor units; needs {needs}"
+        )
     return CheckedCommand(command.command_id, command.account_id, raw, command.body_sha256())
 
 
