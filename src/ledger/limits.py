@@ -65,6 +65,10 @@ demo_poll_s = 0.3
 """How often `ledger demo` looks whether its scenario has gone through."""
 history_page_max = 100_000
 """Most events one `ledger history` call returns."""
+projection_lookup_ids_max = 500
+"""Ids per `IN (...)` lookup a projection makes for the rows a batch changes."""
+query_rows_max = 10_000
+"""Most rows one list query (`ledger overpayments`, `ledger follow-ups`) returns."""
 sqlite_in_chunk_max = 500
 """Values per `IN (...)` query on SQLite (its own limit is far above; keeps plans small)."""
 postgres_lock_timeout_s = 10

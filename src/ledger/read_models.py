@@ -13,11 +13,19 @@ from ledger.persistence.urls import DatabaseTarget
 from ledger.projection import Projection
 from ledger.storage import prepare_schema
 from projections.balances import BalancesProjection
+from projections.follow_ups import FollowUpsProjection
+from projections.overpayments import OverpaymentsProjection
 
 BALANCES = BalancesProjection()
 """The balances read model (the benchmark reads its tables directly to time visibility)."""
 
-PROJECTIONS: tuple[Projection, ...] = (BALANCES,)
+OVERPAYMENTS = OverpaymentsProjection()
+"""One row per overpayment, with its events (`ledger overpayments`)."""
+
+FOLLOW_UPS = FollowUpsProjection()
+"""The follow-up queue, shared by every feature that raises follow-ups (`ledger follow-ups`)."""
+
+PROJECTIONS: tuple[Projection, ...] = (BALANCES, OVERPAYMENTS, FOLLOW_UPS)
 
 
 def names() -> list[str]:
