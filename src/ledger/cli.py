@@ -943,3 +943,7 @@ def main() -> None:
         if line is None:
             raise
         _refuse(line)
+
+
+# The staff verbs register themselves on the apps above (a module of their own: this one is long).
+import ledger.cli_staff  # noqa: E402, F401
