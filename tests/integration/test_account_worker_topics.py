@@ -330,3 +330,45 @@ def test_a_stray_fact_on_another_workers_partition_is_applied_right(
             thread.join(timeout=30)
         for worker_store in stores:
             worker_store.close()
+
+
+def test_a_partition_count_changed_while_running_pauses_both_topics(
+    broker: EmbeddedBroker, workers: Workers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ledger.limits.topic_check_interval_s", 0.3)
+    facts, commands = pair(broker.bootstrap, 2)
+    store = open_event_store(
+        parse_database_url(f"sqlite:///{tmp_path / 'l.db'}"), create_table=True
+    )
+    service = IngestService(store, policy=POLICY, clock=CLOCK)
+    admin = make_admin(broker.bootstrap)
+    try:
+        worker = workers.start(
+            consumer(
+                broker.bootstrap, workers, {facts: service, commands: UnhandledCommands(store)}
+            )
+        )
+        workers.wait(lambda: len(worker.partitions) == 4, "the worker to own both topics")
+
+        def recreate(partitions: int) -> None:
+            admin.delete_topics([commands])
+            wait_for(lambda: describe_topic(admin, commands) is None, "the topic deleted", 10)
+            ensure_topics(broker.bootstrap, partitions, [commands])
+
+        recreate(3)
+        workers.wait(lambda: worker.paused_counts == {facts: 2, commands: 3}, "a pause")
+        producer = make_producer(broker.bootstrap)
+        producer.send(facts, key=b"P-1", value=opened("p-open", "P-1"))
+        producer.flush()
+        workers.stop.wait(2)
+        assert worker.applied == 0
+        recreate(2)
+        workers.wait(lambda: worker.paused_counts is None, "the worker to resume")
+        workers.wait(lambda: worker.applied == 1, "the fact applied after the resume")
+        producer.close()
+    finally:
+        workers.stop.set()
+        for thread in workers.threads:
+            thread.join(timeout=30)
+        admin.close()
+        store.close()
