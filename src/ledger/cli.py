@@ -924,6 +924,7 @@ def _refusal(error: Exception) -> str | None:
             SettingsError,
             _loaded("ledger.kafka.broker", "BrokerUnavailable"),
             _loaded("ledger.domain.policy", "PolicyError"),
+            _loaded("ledger.kafka.topics", "PartitionCountsDiffer"),
         )
         if cls is not None
     )

@@ -39,6 +39,8 @@ batch_retry_max = 8
 """Attempts for one partition batch after version conflicts before the consumer gives up."""
 conflict_backoff_s = 0.01
 """First jittered wait after a version conflict; doubles per conflict of the same batch."""
+logged_ids_max = 20
+"""How many ids (accounts, events) one log line lists at most; it gives the total too."""
 producer_retry_max = 8
 """Attempts to send a batch through a rebuilt producer before the worker fails."""
 backoff_initial_s = 0.2
