@@ -100,12 +100,11 @@ def check_command(
 
 def check_schema(database: Database) -> None:
     """Refuse at once a database without the ledger's schema (nothing could answer)."""
-    with database.read() as cursor:
-        if not database.has_tables(cursor, (OUTCOMES_TABLE,)):
-            raise StaffRefused(
-                "the database has no ledger schema: start `ledger run` first, or check"
-                " LEDGER_DATABASE_URL"
-            )
+    if not database.query(lambda cursor: database.has_tables(cursor, (OUTCOMES_TABLE,))):
+        raise StaffRefused(
+            "the database has no ledger schema: start `ledger run` first, or check"
+            " LEDGER_DATABASE_URL"
+        )
 
 
 def wait_for_outcome(
@@ -120,8 +119,7 @@ def wait_for_outcome(
     deadline = time.monotonic() + timeout_s
     delay_s = limits.outcome_poll_initial_s
     while True:
-        with database.read() as cursor:
-            outcome = read_outcome(cursor, account_id, command_id)
+        outcome = database.query(lambda cursor: read_outcome(cursor, account_id, command_id))
         if outcome is not None:
             return outcome
         if time.monotonic() >= deadline:
@@ -137,5 +135,4 @@ def outcome_headers() -> list[tuple[str, bytes]]:
 
 def existing_outcome(database: Database, account_id: str, command_id: str) -> CommandOutcome | None:
     """An outcome already recorded for this command id (a retry of a command that timed out)."""
-    with database.read() as cursor:
-        return read_outcome(cursor, account_id, command_id)
+    return database.query(lambda cursor: read_outcome(cursor, account_id, command_id))
