@@ -13,11 +13,15 @@ from ledger.persistence.urls import DatabaseTarget
 from ledger.projection import Projection
 from ledger.storage import prepare_schema
 from projections.balances import BalancesProjection
+from projections.schedule import ScheduleProjection
 
 BALANCES = BalancesProjection()
 """The balances read model (the benchmark reads its tables directly to time visibility)."""
 
-PROJECTIONS: tuple[Projection, ...] = (BALANCES,)
+SCHEDULE = ScheduleProjection()
+"""The scheduler's read model of due items (`ledger.scheduler` reads it)."""
+
+PROJECTIONS: tuple[Projection, ...] = (BALANCES, SCHEDULE)
 
 
 def names() -> list[str]:
