@@ -90,8 +90,8 @@ NO_ACTIVITY_US = -1
 ItemKey = tuple[str, str]
 
 
-class _Batch:
-    """One batch's changes, folded by key before they are written."""
+class Changes:
+    """One batch's changes to the schedule, folded by key before they are written."""
 
     def __init__(self) -> None:
         self.rows: dict[ItemKey, list[Any]] = {}
@@ -105,6 +105,7 @@ class _Batch:
     def item(
         self, kind: str, subject_id: str, item_id: str, account_id: str, due_at: str, attempt: int
     ) -> None:
+        """A new item (or a new round of one, such as the next failed refund): not done."""
         due_us = epoch_us(datetime.fromisoformat(due_at))
         key = (kind, subject_id)
         self.rows[key] = [kind, subject_id, item_id, account_id, due_at, due_us, attempt, 0]
@@ -112,6 +113,7 @@ class _Batch:
         self.done.discard(key)
 
     def move_due(self, kind: str, subject_id: str, due_at: str) -> None:
+        """An item is due again at a later time (a follow-up's next contact)."""
         due_us = epoch_us(datetime.fromisoformat(due_at))
         row = self.rows.get((kind, subject_id))
         if row is not None:
@@ -120,6 +122,7 @@ class _Batch:
             self.due[(kind, subject_id)] = (due_at, due_us)
 
     def finish(self, kind: str, subject_id: str) -> None:
+        """The event an item's firing causes (or one that makes it moot) is recorded."""
         row = self.rows.get((kind, subject_id))
         if row is not None:
             row[7] = 1
@@ -127,13 +130,14 @@ class _Batch:
             self.done.add((kind, subject_id))
 
     def account(self, account_id: str) -> list[Any]:
+        """The account's dormancy row of this batch (a delta on the stored one)."""
         row = self.dormancy.get(account_id)
         if row is None:
             row = self.dormancy[account_id] = [account_id, "", "", NO_ACTIVITY_US, 0, 0]
         return row
 
 
-def _fold(batch: _Batch, type_name: str, state: dict[str, Any]) -> None:
+def fold_event(batch: Changes, type_name: str, state: dict[str, Any]) -> None:
     """Fold one event's changes into the batch."""
     account_id: str = state["account_id"]
     account = batch.account(account_id)
@@ -237,10 +241,10 @@ class ScheduleProjection:
         notifications: Sequence[Notification],
     ) -> None:
         """Write a batch into the generation's tables in the open transaction."""
-        batch = _Batch()
+        batch = Changes()
         for notification in notifications:
             state = current_state(notification.topic, notification.state)
-            _fold(batch, event_name(notification.topic), state)
+            fold_event(batch, event_name(notification.topic), state)
         items = generation.table(ITEMS)
         database.insert_rows(
             cursor,
