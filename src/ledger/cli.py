@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -59,6 +59,11 @@ policy_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(policy_app, name="policy")
+overpayments_app = typer.Typer(
+    help="Overpayments: list them (the default), show one; staff verbs act on them.",
+    rich_markup_mode=None,
+)
+app.add_typer(overpayments_app, name="overpayments")
 
 log = get_logger(__name__)
 
@@ -190,6 +195,19 @@ def query_database(*, reads: tuple[str, ...], wait: bool, timeout_s: float) -> I
         database.close()
 
 
+def _timestamp_option(at: str | None) -> datetime | None:
+    """An `--at` value as a timezone-aware moment (typer's own datetime parsing takes no offset)."""
+    if at is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(at)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise Refused(f"--at {at!r}: give a timestamp with an offset, e.g. 2026-11-25T10:00:00Z")
+    return moment
+
+
 def _money_table(title: str, rows: list[tuple[str, Any]]) -> Any:
     from rich.table import Table
 
@@ -204,18 +222,17 @@ def _money_table(title: str, rows: list[tuple[str, Any]]) -> Any:
 @app.command()
 def balance(
     account: str,
-    at: Annotated[datetime | None, typer.Option("--at", help="As of this time (RFC 3339).")] = None,
+    at: Annotated[str | None, typer.Option("--at", help="As of this time (RFC 3339).")] = None,
     json_output: JsonOption = False,
     wait: WaitOption = False,
     timeout: TimeoutOption = limits.query_wait_timeout_s,
 ) -> None:
     """Balances of one account (optionally as of a past time)."""
-    if at is not None and at.tzinfo is None:
-        raise Refused("--at needs a timestamp with an offset, e.g. 2026-11-25T10:00:00Z")
+    as_of = _timestamp_option(at)
     from projections import queries
 
     with query_database(reads=queries.READS, wait=wait, timeout_s=timeout) as database:
-        answer = queries.balance(database, account, at=at)
+        answer = queries.balance(database, account, at=as_of)
     if json_output:
         print_json(answer)
     else:
@@ -279,6 +296,198 @@ def trial_balance(
         for name, amount in entry["accounts"].items():
             table.add_row(currency, name, str(amount))
         table.add_row(currency, "total", str(entry["total"]), style="bold")
+    out().print(table)
+
+
+def _money(amount_minor: int | None, currency: str) -> str:
+    """An amount for a terminal table: `USD 120.00`."""
+    from ledger.domain.money import Money
+
+    return "" if amount_minor is None else str(Money(amount_minor, currency))
+
+
+def _places(places: dict[str, int], currency: str) -> str:
+    return ", ".join(f"{place} {_money(amount, currency)}" for place, amount in places.items())
+
+
+OVERPAYMENT_LIST_COLUMNS = (
+    "overpayment_id",
+    "account_id",
+    "amount",
+    "status",
+    "resolution",
+    "places",
+    "open",
+    "detected_at",
+    "updated_at",
+)
+
+
+@overpayments_app.callback(invoke_without_command=True)
+def overpayments(
+    context: typer.Context,
+    open_only: Annotated[
+        bool,
+        typer.Option(
+            "--open",
+            help="Only those awaiting verification or resolution, or with money still held"
+            " in escrow, a refund in flight or waiting, or credit waiting for the next bill.",
+        ),
+    ] = False,
+    account: Annotated[str | None, typer.Option("--account", help="Only this account's.")] = None,
+    json_output: JsonOption = False,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = limits.query_wait_timeout_s,
+) -> None:
+    """Overpayments in the order they were detected (`show ID` for one and its events)."""
+    if context.invoked_subcommand is not None:
+        return
+    from projections import overpayment_queries
+
+    with query_database(reads=overpayment_queries.READS, wait=wait, timeout_s=timeout) as database:
+        answer = overpayment_queries.overpayments(database, open_only=open_only, account_id=account)
+    if json_output:
+        print_json(answer)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"overpayments at position {answer['position']}")
+    for column in OVERPAYMENT_LIST_COLUMNS:
+        table.add_column(column, justify="right" if column == "amount" else "left")
+    for row in answer["overpayments"]:
+        cells = {
+            **row,
+            "amount": _money(row["amount"], row["currency"]),
+            "places": _places(row["places"], row["currency"]),
+            "open": "yes" if row["open"] else "no",
+        }
+        table.add_row(
+            *("" if cells[c] is None else str(cells[c]) for c in OVERPAYMENT_LIST_COLUMNS)
+        )
+    out().print(table)
+
+
+@overpayments_app.command("show")
+def overpayments_show(
+    overpayment_id: Annotated[str, typer.Argument(metavar="ID", help="The overpayment's id.")],
+    json_output: JsonOption = False,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = limits.query_wait_timeout_s,
+) -> None:
+    """One overpayment: where it stands, where its money is, and every event of it in order."""
+    from projections import overpayment_queries
+
+    with query_database(reads=overpayment_queries.READS, wait=wait, timeout_s=timeout) as database:
+        answer = overpayment_queries.overpayment(database, overpayment_id)
+    if json_output:
+        print_json(answer)
+        return
+    from rich.table import Table
+
+    currency = answer["currency"]
+    fields = Table(title=f"overpayment {overpayment_id} at position {answer['position']}")
+    fields.add_column("field")
+    fields.add_column("value")
+    for name, value in answer.items():
+        if name == "events":
+            continue
+        if name == "amount":
+            shown = _money(value, currency)
+        elif name == "places":
+            shown = _places(value, currency)
+        elif name == "verifications":
+            shown = "; ".join(
+                f"{department}: {v['actor_id']} ({v['actor_role']}) at {v['verified_at']}"
+                + (f", {v['note']}" if v.get("note") else "")
+                for department, v in value.items()
+            )
+        elif name == "refunds":
+            shown = "; ".join(
+                f"{r['refund_id']} attempt {r['attempt']} {_money(r['amount'], currency)}"
+                f" {r['status']}" + (f" ({r['reason']})" if r.get("reason") else "")
+                for r in value
+            )
+        elif name == "rejection" and value is not None:
+            shown = (
+                f"{value['department']}: {value['reason']} ({value['actor_id']},"
+                f" {value['rejected_at']})"
+            )
+        elif name == "departments":
+            shown = ", ".join(value)
+        elif isinstance(value, bool):
+            shown = "yes" if value else "no"
+        else:
+            shown = "" if value is None else str(value)
+        fields.add_row(name, shown)
+    out().print(fields)
+    events = Table(title="events")
+    for column in ("version", "type", "occurred_at", "position", "postings"):
+        events.add_column(column)
+    for event in answer["events"]:
+        postings = "; ".join(
+            f"{p['debit']} / {p['credit']} {_money(p['amount'], p['currency'])}"
+            for p in event["postings"]
+        )
+        events.add_row(
+            str(event["version"]),
+            event["type"],
+            event["occurred_at"],
+            str(event["position"]),
+            postings,
+        )
+    out().print(events)
+
+
+FOLLOW_UP_COLUMNS = (
+    "follow_up_id",
+    "account_id",
+    "reason",
+    "subject_id",
+    "due_at",
+    "owner",
+    "contacts",
+    "escalated",
+    "owed_account",
+    "owed",
+    "raised_at",
+)
+
+
+@app.command("follow-ups")
+def follow_ups(
+    due: Annotated[
+        bool, typer.Option("--due", help="Only those due now (or at --at): due_at <= now.")
+    ] = False,
+    owner: Annotated[str | None, typer.Option("--owner", help="Only this owner's.")] = None,
+    at: Annotated[
+        str | None,
+        typer.Option("--at", help="The query's clock for --due (RFC 3339); default: now."),
+    ] = None,
+    json_output: JsonOption = False,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = limits.query_wait_timeout_s,
+) -> None:
+    """The follow-up queue: open items, oldest due first."""
+    now = _timestamp_option(at) or datetime.now(UTC)
+    from projections import follow_up_queries
+
+    with query_database(reads=follow_up_queries.READS, wait=wait, timeout_s=timeout) as database:
+        answer = follow_up_queries.follow_ups(database, due_by=now if due else None, owner=owner)
+    if json_output:
+        print_json(answer)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"follow-ups at position {answer['position']}")
+    for column in FOLLOW_UP_COLUMNS:
+        table.add_column(column, justify="right" if column in ("owed", "contacts") else "left")
+    for item in answer["follow_ups"]:
+        cells = {
+            **item,
+            "owed": _money(item["owed"], item["currency"]),
+            "escalated": "yes" if item["escalated"] else "no",
+        }
+        table.add_row(*("" if cells[c] is None else str(cells[c]) for c in FOLLOW_UP_COLUMNS))
     out().print(table)
 
 
@@ -715,6 +924,7 @@ def _refusal(error: Exception) -> str | None:
             SettingsError,
             _loaded("ledger.kafka.broker", "BrokerUnavailable"),
             _loaded("ledger.domain.policy", "PolicyError"),
+            _loaded("ledger.kafka.topics", "PartitionCountsDiffer"),
         )
         if cls is not None
     )
@@ -734,3 +944,7 @@ def main() -> None:
         if line is None:
             raise
         _refuse(line)
+
+
+# The staff verbs register themselves on the apps above (a module of their own: this one is long).
+import ledger.cli_staff  # noqa: E402, F401

@@ -14,7 +14,7 @@ carries the outcome header (`OUTCOME_HEADER`): its caller is waiting and reads t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import structlog
@@ -227,6 +227,10 @@ class CommandService:
     def release(self, batch: PreparedBatch) -> None:
         """The batch's commit is confirmed."""
         self.accounts.release(batch)
+
+    def forget(self, account_ids: Iterable[str]) -> None:
+        """Forget these accounts (shared with the ingest: a version conflict)."""
+        self.accounts.forget(account_ids)
 
     def clear(self) -> None:
         """Forget every cached account (shared with the ingest)."""

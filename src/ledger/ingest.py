@@ -115,6 +115,43 @@ _HANDLED = (
 """The facts about an existing account that the ledger applies (disputes come later)."""
 
 
+class BatchService(Protocol):
+    """What the account worker's consumer asks of the service behind one topic.
+
+    One batch is one (topic, partition)'s records from one poll. The consumer owns Kafka, the
+    positions and the retries; the service owns parsing and the accounts it keeps in memory.
+    """
+
+    @property
+    def store(self) -> EventStore:
+        """The event store whose process recorder keeps the topic's positions."""
+        ...
+
+    def prepare(self, messages: Sequence[InboundMessage]) -> PreparedBatch:
+        """Apply a batch in memory; nothing is written yet."""
+        ...
+
+    def commit(self, batch: PreparedBatch, tracking: Tracking) -> None:
+        """Write the batch and its Kafka position in one transaction (may run in a thread)."""
+        ...
+
+    def hold(self, batch: PreparedBatch) -> None:
+        """The batch is handed to a commit: what it recorded counts until `release`."""
+        ...
+
+    def release(self, batch: PreparedBatch) -> None:
+        """The batch's commit is settled (done, or failed and to be redone)."""
+        ...
+
+    def forget(self, account_ids: Iterable[str]) -> None:
+        """Drop these accounts from memory (a version conflict: the store has moved on)."""
+        ...
+
+    def clear(self) -> None:
+        """Drop everything kept in memory: the store is the truth again."""
+        ...
+
+
 def idempotency_key(processor: str, event_id: str) -> str:
     """The key that makes the same processor event count once."""
     return f"{processor}\x1f{event_id}"
@@ -225,7 +262,8 @@ class IngestService:
             self._held_accounts[account_id] = (batch.sequence, account)
 
     def release(self, batch: PreparedBatch) -> None:
-        """The batch's commit is confirmed: the store now answers for its keys and accounts."""
+        """The batch's commit is confirmed, the store now answers for its keys and accounts; or
+        it failed, and its keys must count as unseen when it is redone."""
         self._held_keys.difference_update(batch.keys)
         for outcome in batch.outcomes:
             self._held_outcomes.pop(outcome.key, None)
@@ -269,6 +307,16 @@ class IngestService:
         self._held_keys.clear()
         self._held_outcomes.clear()
         self._held_accounts.clear()
+
+    def forget(self, account_ids: Iterable[str]) -> None:
+        """Forget these accounts, cached or held: the next batch naming one loads it afresh.
+
+        After a version conflict (another writer moved an account, say for a fact keyed to the
+        wrong partition) only the accounts of the failed batch are stale; the rest stay.
+        """
+        for account_id in account_ids:
+            self._cache.pop(account_id, None)
+            self._held_accounts.pop(account_id, None)
 
     def absent_accounts(self, facts: Iterable[HasAccount]) -> set[str]:
         """Accounts the batch names that neither memory nor the store knows (one query).

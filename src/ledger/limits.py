@@ -39,6 +39,8 @@ batch_retry_max = 8
 """Attempts for one partition batch after version conflicts before the consumer gives up."""
 conflict_backoff_s = 0.01
 """First jittered wait after a version conflict; doubles per conflict of the same batch."""
+logged_ids_max = 20
+"""How many ids (accounts, events) one log line lists at most; it gives the total too."""
 producer_retry_max = 8
 """Attempts to send a batch through a rebuilt producer before the worker fails."""
 backoff_initial_s = 0.2
@@ -65,6 +67,10 @@ demo_poll_s = 0.3
 """How often `ledger demo` looks whether its scenario has gone through."""
 history_page_max = 100_000
 """Most events one `ledger history` call returns."""
+projection_lookup_ids_max = 500
+"""Ids per `IN (...)` lookup a projection makes for the rows a batch changes."""
+query_rows_max = 10_000
+"""Most rows one list query (`ledger overpayments`, `ledger follow-ups`) returns."""
 sqlite_in_chunk_max = 500
 """Values per `IN (...)` query on SQLite (its own limit is far above; keeps plans small)."""
 postgres_lock_timeout_s = 10
@@ -205,3 +211,10 @@ kafka_outage_quiet_s = 60.0
 """A broker outage's log lines end with a summary once the Kafka clients have logged no error
 for this long (if no successful connection ended it first). Longer than kafka-python's largest
 reconnect back-off (30 s), so one outage is reported once."""
+
+staff_command_timeout_s = 10.0
+"""How long a CLI staff command waits for its outcome by default (`--timeout`); then exit 3."""
+
+outcome_poll_initial_s = 0.02
+outcome_poll_max_s = 0.25
+"""How often a waiting staff command reads its outcome (doubling from the first to the last)."""

@@ -13,15 +13,23 @@ from ledger.persistence.urls import DatabaseTarget
 from ledger.projection import Projection
 from ledger.storage import prepare_schema
 from projections.balances import BalancesProjection
+from projections.follow_ups import FollowUpsProjection
+from projections.overpayments import OverpaymentsProjection
 from projections.schedule import ScheduleProjection
 
 BALANCES = BalancesProjection()
 """The balances read model (the benchmark reads its tables directly to time visibility)."""
 
+OVERPAYMENTS = OverpaymentsProjection()
+"""One row per overpayment, with its events (`ledger overpayments`)."""
+
+FOLLOW_UPS = FollowUpsProjection()
+"""The follow-up queue, shared by every feature that raises follow-ups (`ledger follow-ups`)."""
+
 SCHEDULE = ScheduleProjection()
 """The scheduler's read model of due items (`ledger.scheduler` reads it)."""
 
-PROJECTIONS: tuple[Projection, ...] = (BALANCES, SCHEDULE)
+PROJECTIONS: tuple[Projection, ...] = (BALANCES, OVERPAYMENTS, FOLLOW_UPS, SCHEDULE)
 
 
 def names() -> list[str]:

@@ -20,11 +20,13 @@ import structlog
 from consumers.ingest import IngestConsumer
 from ledger import read_models
 from ledger.clock import SystemClock
+from ledger.commands import CommandService
 from ledger.domain.policy import PolicyError
 from ledger.gc_tuning import tune_gc_for_throughput
 from ledger.ingest import IngestService
 from ledger.kafka.broker import resolve_bootstrap
 from ledger.kafka.clients import ProducerStopped, ResilientProducer, check_crc32c
+from ledger.kafka.topics import LEDGER_COMMANDS, PAYMENTS_INBOUND
 from ledger.logging import bind_process_context, configure_logging
 from ledger.policy_file import load_policy
 from ledger.relay import run_relay
@@ -50,7 +52,8 @@ def install_stop_handlers(stop: threading.Event) -> None:
 
 
 def ingest_consumer(**options: Any) -> IngestConsumer:
-    """The ingest consumer as the ingest worker runs it (the benchmark runs it on its own topics).
+    """The account worker's consumer, built from `options` (the benchmark runs it on one topic
+    of its own).
 
     Wired here, in the composition root, so that nothing else in `ledger` imports `consumers`.
     """
@@ -69,9 +72,13 @@ def run_worker(name: str, settings: Settings, stop: threading.Event) -> None:
             service = IngestService(
                 storage.store, policy=load_policy(settings.policy), clock=SystemClock()
             )
+            # The account worker: facts and staff commands of the same accounts, co-partitioned.
             consumer = ingest_consumer(
                 bootstrap=bootstrap,
-                service=service,
+                services={
+                    PAYMENTS_INBOUND: service,
+                    LEDGER_COMMANDS: CommandService(service),
+                },
                 dead_letters=producer,
                 group_id=f"{settings.consumer_group_prefix}-ingest",
                 stop=stop,

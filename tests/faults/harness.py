@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -29,11 +29,20 @@ from ledger.settings import Settings
 from tests.books import invoice, line, opened, payment
 from tests.waiting import wait_for
 
+if TYPE_CHECKING:
+    from consumers.ingest import IngestConsumer, PartitionState
+
 WORKERS = ("ingest", "relay", "projections")
 PARTITIONS = 4
 CURRENCIES = ("USD", "EUR", "JPY")
 STACK_DUMP_WAIT_S = 5.0
 """How long a stuck worker gets to write its stacks to its log before it is killed."""
+
+
+def only_partition(consumer: IngestConsumer) -> PartitionState:
+    """Where the one partition of a consumer of one single-partition topic stands."""
+    (state,) = consumer.partitions.values()
+    return state
 
 
 def prepare(bootstrap: str, database_url: str) -> None:
@@ -280,9 +289,14 @@ def run_consumer(
     until: Any,
     what: str,
     timeout_s: float = 60.0,
+    also: Sequence[str] = (),
 ) -> ConsumerRun:
     """Run the real ingest consumer over `service` in a thread until `until(consumer)` or an
-    error, then stop it; fails if the consumer ignores the stop request."""
+    error, then stop it; fails if the consumer ignores the stop request.
+
+    With `also`, the consumer serves those topics too, with the same service, as the account
+    worker does (dead letters then go to `<topic>.dlq`, `dlq` included).
+    """
     import threading
 
     from structlog.testing import capture_logs
@@ -292,15 +306,25 @@ def run_consumer(
 
     stop = threading.Event()
     dead_letters = ResilientProducer(bootstrap, stop=stop)
-    consumer = IngestConsumer(
-        bootstrap=bootstrap,
-        service=service,
-        dead_letters=dead_letters,
-        group_id=None,
-        stop=stop,
-        topic=topic,
-        dlq_topic=dlq,
-    )
+    if also:
+        assert dlq == f"{topic}.dlq", "a consumer of several topics sends to <topic>.dlq"
+        consumer = IngestConsumer(
+            bootstrap=bootstrap,
+            services={name: service for name in (topic, *also)},
+            dead_letters=dead_letters,
+            group_id=None,
+            stop=stop,
+        )
+    else:
+        consumer = IngestConsumer(
+            bootstrap=bootstrap,
+            service=service,
+            dead_letters=dead_letters,
+            group_id=None,
+            stop=stop,
+            topic=topic,
+            dlq_topic=dlq,
+        )
     errors: list[BaseException] = []
 
     def target() -> None:

@@ -35,6 +35,7 @@ from ledger.persistence.mapper import decode_state
 from ledger.persistence.urls import parse_database_url
 from tests.books import OCCURRED_AT, expected_balances, invoice, opened, payment
 from tests.faults import harness
+from tests.faults.harness import only_partition
 
 POLICY = Policy(version="test-1")
 CLOCK = FixedClock(datetime(2026, 11, 25, 12, 0, tzinfo=UTC))
@@ -91,7 +92,7 @@ def run_consumer(broker: EmbeddedBroker, database_url: str) -> Iterator[Callable
     ) -> Run:
         """Publish `lines` to a new topic and consume it; or, `again`, consume that run's topic."""
         if again is not None:
-            return consume(again.consumer.topic, again.dlq, service_class, until)
+            return consume(again.consumer.topics[0], again.dlq, service_class, until)
         suffix = uuid.uuid4().hex[:8]
         topic, dlq = f"no-stall.{suffix}", f"no-stall.{suffix}.dlq"
         ensure_topics(broker.bootstrap, 1, names=[topic, dlq])
@@ -161,7 +162,7 @@ def test_a_huge_message_and_nul_in_ids_never_stall_the_partition(
 
     assert run.errors == []
     assert (run.consumer.applied, run.consumer.duplicates, run.consumer.dead_lettered) == (3, 1, 3)
-    assert run.consumer.partitions[0].position == len(lines)
+    assert only_partition(run.consumer).position == len(lines)
     assert set(run.sources().values()) == {1} and set(run.sources()) == {"h-1", "h-2", "h-3"}
     assert run.balances(account) == {"revenue": 500, "cash": 800, "customer_credit": 300}
     letters = run.letters(broker.bootstrap)
@@ -224,7 +225,7 @@ def test_one_failing_message_mid_batch_is_set_aside(
     run = run_consumer(
         [(None, raw) for raw in lines],
         service_class,
-        until=lambda c: c.partitions and c.partitions[0].position == len(lines),
+        until=lambda c: c.partitions and only_partition(c).position == len(lines),
     )
 
     assert run.errors == []
@@ -292,6 +293,6 @@ def test_dead_letters_are_complete_after_a_crash_between_sending_and_committing(
     )
     # Sent once by the run that died and once by the run that redid the batch: a reader that
     # de-duplicates by source topic, partition and offset sees each refused message once.
-    topic = first.consumer.topic.encode()
+    topic = first.consumer.topics[0].encode()
     assert set(by_source) == {(topic, b"0", b"1"), (topic, b"0", b"3")}
     assert set(by_source.values()) == {2}

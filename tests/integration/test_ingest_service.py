@@ -125,7 +125,7 @@ def test_bad_messages_become_dead_letters(store: EventStore) -> None:
     assert batch.applied == 2
     reasons = {letter.message.offset: letter.reason for letter in batch.dead_letters}
     assert "NOBODY" in reasons[3]
-    assert "not handled yet" in reasons[6]
+    assert "no refund r on account A" in reasons[6]
 
 
 def test_opening_an_open_account_is_refused(store: EventStore) -> None:

@@ -174,15 +174,17 @@ def test_status_shows_each_read_model_position_and_lag_and_rebuild_catches_up(
 
     status = run_cli(["projections", "status", "--json"], database_url)
     assert status.returncode == 0, status.stderr.decode()
+    # Only the balances were fed; every other registered read model is still at 0.
     assert orjson.loads(status.stdout) == [
         {
-            "name": "balances",
+            "name": name,
             "state": "live",
             "generation": 1,
-            "position": first[-1].id,
+            "position": first[-1].id if name == "balances" else 0,
             "head": latest,
-            "lag": latest - first[-1].id,
+            "lag": latest - first[-1].id if name == "balances" else latest,
         }
+        for name in read_models.names()
     ]
     table = run_cli(["projections", "status"], database_url)
     assert table.returncode == 0, table.stderr.decode()
@@ -197,7 +199,17 @@ def test_status_shows_each_read_model_position_and_lag_and_rebuild_catches_up(
         {"name": "balances", "generation": 2, "replaced": 1, "events": latest, "position": latest}
     ]
     after = orjson.loads(run_cli(["projections", "status", "--json"], database_url).stdout)
-    assert [(row["generation"], row["position"], row["lag"]) for row in after] == [(2, latest, 0)]
+    assert [(row["name"], row["generation"], row["position"], row["lag"]) for row in after] == [
+        ("balances", 2, latest, 0),
+        *((name, 1, 0, latest) for name in read_models.names() if name != "balances"),
+    ]
+
+    everything = run_cli(["projections", "rebuild", "--json"], database_url)
+    assert everything.returncode == 0, everything.stderr.decode()
+    assert [
+        (row["name"], row["generation"], row["position"])
+        for row in orjson.loads(everything.stdout)["projections"]
+    ] == [(name, 3 if name == "balances" else 2, latest) for name in read_models.names()]
 
 
 def test_rebuild_refuses_an_unknown_event_type_naming_it(
@@ -220,4 +232,6 @@ def test_rebuild_refuses_an_unknown_event_type_naming_it(
     unknown = run_cli(["projections", "rebuild", "nope"], database_url)
     assert unknown.returncode == 2 and "unknown projection 'nope'" in unknown.stderr.decode()
     rows = orjson.loads(run_cli(["projections", "status", "--json"], database_url).stdout)
-    assert [(row["state"], row["generation"]) for row in rows] == [("live", 1)]
+    assert [(row["state"], row["generation"]) for row in rows] == [("live", 1)] * len(
+        read_models.names()
+    )

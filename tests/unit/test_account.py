@@ -35,6 +35,7 @@ def bill(account: Account, amount_minor: int, currency: str = "USD") -> None:
         due_date=date(2026, 12, 1),
         origin=FactOrigin("acme", "e2", NOW),
         now=NOW,
+        policy=POLICY,
     )
 
 

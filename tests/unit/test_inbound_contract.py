@@ -60,6 +60,10 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "respond_by": "2024-05-15T23:59:59Z",
     },
     "dispute.closed": {"dispute_id": "dsp-1", "outcome": "won"},
+    "payment.returned": {"payment_id": "pay-1", "amount": AMOUNT, "reason": "ACH return R01"},
+    "invoice.voided": {"invoice_id": "inv-1"},
+    "coupon.redeemed": {"coupon_code": "CPN-1", "amount": AMOUNT, "invoice_id": "inv-2"},
+    "credit.redeemed": {"redemption_id": "red-1", "amount": AMOUNT},
 }
 
 

@@ -166,6 +166,7 @@ class _Downstream(_Reader):
             group_id=None,
             enable_auto_commit=False,
             fetch_max_wait_ms=limits.fetch_max_wait_ms,
+            allow_auto_create_topics=False,
         )
         partitions = [
             TopicPartition(LEDGER_EVENTS, p)

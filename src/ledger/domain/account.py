@@ -281,8 +281,6 @@ class Account(OverpaymentHandling, Aggregate):
         """Bill the customer; credit waiting for the next bill settles it at once."""
         if self.closed:
             raise DomainRuleError(f"account {self.account_id} is cancelled: no more invoices")
-        if invoice_id in self.invoices:
-            raise DomainRuleError(f"invoice {invoice_id} was issued already")
         self._check_money(amount)
         postings = (
             Posting(
@@ -314,8 +312,6 @@ class Account(OverpaymentHandling, Aggregate):
     ) -> None:
         """Take a payment: settle what is owed; any excess is customer credit and an overpayment."""
         self._check_money(amount)
-        if payment_id in self.payments:
-            raise DomainRuleError(f"payment {payment_id} was received already")
         owed_minor = self.balances.get(LedgerAccount.RECEIVABLE, 0)
         settled_minor = min(amount.amount_minor, owed_minor)
         excess_minor = amount.amount_minor - settled_minor

@@ -1,5 +1,9 @@
 """Kafka producers and consumers configured the ledger's way, and a producer that survives restarts.
 
+Every client asks the broker not to create a topic it names (`allow_auto_create_topics=False`):
+the ledger creates its topics itself, with explicit partition counts. Tansu 0.6.0 ignores the
+flag (a producer's metadata request or a subscription still creates a 4-partition topic).
+
 Tansu 0.6.0 forgets idempotent producer ids on restart: a producer that outlives the broker fails
 for good (`UnknownProducerIdError`, then `InitProducerId` answers UnknownError), while a new
 producer works at once. `ResilientProducer` therefore rebuilds its producer on any Kafka error
@@ -18,6 +22,7 @@ import kafka.errors as kafka_errors
 import kafka.record.util as kafka_record_util
 import structlog
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.coordinator.assignors.range import RangePartitionAssignor
 
 from ledger import limits
 
@@ -66,11 +71,17 @@ def make_producer(
         request_timeout_ms=limits.client_request_timeout_ms,
         delivery_timeout_ms=limits.producer_delivery_timeout_ms,
         bootstrap_timeout_ms=limits.client_bootstrap_timeout_ms,
+        allow_auto_create_topics=False,
     )
 
 
 def make_consumer(bootstrap: str, *, group_id: str | None, client_id: str) -> KafkaConsumer:
-    """Build a consumer of raw bytes: no auto-commit, earliest reset, short fetch waits."""
+    """Build a consumer of raw bytes: no auto-commit, earliest reset, short fetch waits.
+
+    Group assignment is pinned to the range assignor: members subscribed to topics of equal
+    partition counts get the same partition numbers of each, which keeps one writer per account
+    across `payments.inbound` and `ledger.commands`.
+    """
     return KafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=group_id,
@@ -84,6 +95,8 @@ def make_consumer(bootstrap: str, *, group_id: str | None, client_id: str) -> Ka
         session_timeout_ms=limits.consumer_session_timeout_ms,
         heartbeat_interval_ms=limits.consumer_session_timeout_ms // 3,
         bootstrap_timeout_ms=limits.client_bootstrap_timeout_ms,
+        allow_auto_create_topics=False,
+        partition_assignment_strategy=(RangePartitionAssignor,),
     )
 
 

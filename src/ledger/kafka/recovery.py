@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from kafka import TopicPartition
 
@@ -82,6 +82,10 @@ def safe_highwaters(
     return highwaters
 
 
+_Partition = TypeVar("_Partition", int, TopicPartition)
+"""How a watched partition is named: its number (one topic) or its (topic, partition)."""
+
+
 @dataclass(frozen=True)
 class Healthy:
     """Nothing to do."""
@@ -141,8 +145,8 @@ class StallWatchdog:
         self,
         now: float,
         *,
-        applied: Mapping[int, int | None],
-        log_ends: Mapping[int, int],
+        applied: Mapping[_Partition, int | None],
+        log_ends: Mapping[_Partition, int],
     ) -> Healthy | Wedged:
         """Judge the consumer.
 

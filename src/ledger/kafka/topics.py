@@ -18,7 +18,7 @@ What Tansu 0.6.0 does (checked with kafka-python 3.0.12):
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +49,39 @@ ALL_TOPICS: tuple[str, ...] = (
     LEDGER_COMMANDS_DLQ,
 )
 
+CO_PARTITIONED: tuple[str, ...] = (PAYMENTS_INBOUND, LEDGER_COMMANDS)
+"""Topics keyed by account id whose partition p one account worker owns together: they must
+have the same partition count (DESIGN.md, "One writer per account")."""
+
 _ZERO_UUID = str(uuid.UUID(int=0))
 _UNKNOWN_TOPIC = kafka_errors.UnknownTopicOrPartitionError.errno
 _TOPIC_EXISTS = kafka_errors.TopicAlreadyExistsError.errno
+
+
+class PartitionCountsDiffer(RuntimeError):
+    """Co-partitioned topics have different partition counts: one writer per account fails."""
+
+    def __init__(self, counts: Mapping[str, int]) -> None:
+        self.counts = dict(counts)
+        (reference, wanted), *others = counts.items()
+        listed = ", ".join(f"{name} has {count}" for name, count in counts.items())
+        fix = " and ".join(name for name, count in others if count != wanted)
+        super().__init__(
+            f"partition counts differ ({listed}): they must be equal so that one worker owns"
+            f" each account's partition of both; recreate {fix} with {wanted} partitions, as"
+            f" {reference} has"
+        )
+
+
+def check_co_partitioned(counts: Mapping[str, int]) -> None:
+    """Raise PartitionCountsDiffer unless every topic counted has the same partition count."""
+    if len(set(counts.values())) > 1:
+        raise PartitionCountsDiffer(counts)
+
+
+def dead_letter_topic(topic: str) -> str:
+    """Where the ledger sends what it refuses from `topic` (`payments.inbound.dlq`, ...)."""
+    return f"{topic}.dlq"
 
 
 def tracking_name(topic: str, topic_id: str, partition: int, generation: str = "") -> str:
@@ -125,13 +155,20 @@ def ensure_topics(
 ) -> None:
     """Create each missing topic with `partitions` partitions; existing topics are left alone.
 
-    `replication_factor` 1 suits the embedded broker; pass -1 for the cluster's default.
+    The co-partitioned topics (`CO_PARTITIONED`, when `names` holds them all) get one count: an
+    existing one's, else `partitions`; existing ones whose counts differ raise
+    PartitionCountsDiffer. `replication_factor` 1 suits the embedded broker; pass -1 for the
+    cluster's default.
     """
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, got {partitions}")
     admin = make_admin(bootstrap)
     try:
         existing = set(admin.list_topics())
+        counts = {name: partitions for name in names}
+        if all(name in counts for name in CO_PARTITIONED):
+            shared = _co_partitioned_count(admin, existing)
+            counts.update({name: shared or partitions for name in CO_PARTITIONED})
         missing = [name for name in names if name not in existing]
         for name in names:
             if name in existing:
@@ -141,7 +178,7 @@ def ensure_topics(
             return
         answer = admin.create_topics(
             {
-                name: {"num_partitions": partitions, "replication_factor": replication_factor}
+                name: {"num_partitions": counts[name], "replication_factor": replication_factor}
                 for name in missing
             },
             timeout_ms=limits.client_request_timeout_ms,
@@ -157,9 +194,25 @@ def ensure_topics(
                 raise error(f"creating topic {result['name']}: {result.get('error_message')}")
         if created:
             admin.wait_for_topics(created, timeout_ms=limits.client_request_timeout_ms)
-            log.info("created topics", topics=created, partitions=partitions, bootstrap=bootstrap)
+            log.info(
+                "created topics",
+                topics=created,
+                partitions={name: counts[name] for name in created},
+                bootstrap=bootstrap,
+            )
     finally:
         admin.close()
+
+
+def _co_partitioned_count(admin: KafkaAdminClient, existing: set[str]) -> int | None:
+    """The partition count the co-partitioned topics that exist share; None if none exists."""
+    counts: dict[str, int] = {}
+    for name in CO_PARTITIONED:
+        info = describe_topic(admin, name) if name in existing else None
+        if info is not None:
+            counts[name] = len(info.partitions)
+    check_co_partitioned(counts)
+    return next(iter(counts.values()), None)
 
 
 def _warn_on_partition_count(admin: KafkaAdminClient, name: str, wanted: int) -> None:
@@ -242,6 +295,7 @@ def read_topic(
         enable_auto_commit=False,
         consumer_timeout_ms=idle_ms,
         fetch_max_wait_ms=limits.fetch_max_wait_ms,
+        allow_auto_create_topics=False,
     )
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]

@@ -1,0 +1,138 @@
+"""Staff commands from the CLI: check at once, publish, wait for the outcome.
+
+A staff command is checked here for what can be checked without the account: its shape (the
+same parser the account worker uses), the actor's role and authority under the loaded policy
+(when the amount is known from the read model), and that its target is in the read model (so a
+command never overtakes the fact it refers to). It is then published to `ledger.commands`, keyed
+by its account, with the outcome header, and the outcome the account's writer records (in the
+same transaction as the events) is awaited, bounded by the timeout.
+
+Exit codes: 0 accepted (or a duplicate of an accepted command), 2 refused (the reason on stderr),
+3 no outcome within the timeout (the command id is printed: `--command-id ID` waits again, and
+publishing it again is harmless, the account applies a command id once).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from ledger import limits
+from ledger.domain.policy import ROLES, Policy
+from ledger.persistence.database import Database
+from ledger.persistence.outcomes import OUTCOMES_TABLE, CommandOutcome, read_outcome
+from ledger.schemas.commands import AUTHORITY_ACTIONS, OUTCOME_HEADER, parse_command
+from ledger.schemas.inbound import InboundRejected
+
+
+class StaffRefused(Exception):
+    """Refused before or by the account: exit 2 with this one line."""
+
+
+class NoOutcome(Exception):
+    """No outcome within the timeout: exit 3."""
+
+
+@dataclass(frozen=True)
+class StaffCommandRequest:
+    """One staff command as the CLI builds it."""
+
+    command_type: str
+    account_id: str
+    fields: dict[str, Any]
+    actor_id: str
+    role: str
+    command_id: str | None = None
+
+    def document(self) -> dict[str, Any]:
+        """The command as published on `ledger.commands`."""
+        return {
+            "command_id": self.command_id or str(uuid.uuid4()),
+            "type": self.command_type,
+            "account_id": self.account_id,
+            "actor": {"id": self.actor_id, "role": self.role},
+            "issued_at": datetime.now(UTC).isoformat(),
+            **self.fields,
+        }
+
+
+@dataclass(frozen=True)
+class CheckedCommand:
+    """A command ready to publish."""
+
+    command_id: str
+    account_id: str
+    raw: bytes
+    body_sha256: str
+
+
+def check_command(
+    request: StaffCommandRequest, policy: Policy, amount_minor: int | None
+) -> CheckedCommand:
+    """The command ready to publish, refused (StaffRefused) if its shape or actor is wrong."""
+    if request.role not in ROLES:
+        raise StaffRefused(f"unknown role {request.role!r}: one of {', '.join(ROLES)}")
+    raw = orjson.dumps(request.document())
+    try:
+        command = parse_command(raw)
+    except InboundRejected as rejected:
+        raise StaffRefused(rejected.reason) from rejected
+    action = AUTHORITY_ACTIONS.get(request.command_type)
+    if (
+        action is not None
+        and amount_minor is not None
+        and not policy.may(request.role, action, amount_minor)
+    ):
+        allowed = policy.roles_that_may(action, amount_minor)
+        needs = " or ".join(allowed) if allowed else "no role under this policy"
+        raise StaffRefused(
+            f"unauthorized: {request.actor_id} ({request.role}) may not {action}"
+            f" {amount_minor} minor units; needs {needs}"
+        )
+    return CheckedCommand(command.command_id, command.account_id, raw, command.body_sha256())
+
+
+def check_schema(database: Database) -> None:
+    """Refuse at once a database without the ledger's schema (nothing could answer)."""
+    if not database.query(lambda cursor: database.has_tables(cursor, (OUTCOMES_TABLE,))):
+        raise StaffRefused(
+            "the database has no ledger schema: start `ledger run` first, or check"
+            " LEDGER_DATABASE_URL"
+        )
+
+
+def wait_for_outcome(
+    database: Database,
+    account_id: str,
+    command_id: str,
+    timeout_s: float,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> CommandOutcome:
+    """The command's recorded outcome, polled until the timeout (NoOutcome)."""
+    deadline = time.monotonic() + timeout_s
+    delay_s = limits.outcome_poll_initial_s
+    while True:
+        outcome = database.query(lambda cursor: read_outcome(cursor, account_id, command_id))
+        if outcome is not None:
+            return outcome
+        if time.monotonic() >= deadline:
+            raise NoOutcome(command_id)
+        sleep(min(delay_s, max(0.0, deadline - time.monotonic())))
+        delay_s = min(delay_s * 2, limits.outcome_poll_max_s)
+
+
+def outcome_headers() -> list[tuple[str, bytes]]:
+    """The headers of a command whose caller waits for its outcome."""
+    return [(OUTCOME_HEADER, b"outcome")]
+
+
+def existing_outcome(database: Database, account_id: str, command_id: str) -> CommandOutcome | None:
+    """An outcome already recorded for this command id (a retry of a command that timed out)."""
+    return database.query(lambda cursor: read_outcome(cursor, account_id, command_id))
