@@ -124,6 +124,21 @@ relay_lease_renew_interval_s = 1.0
 """How often a relay on SQLite renews its lease; it stops publishing once a lease has gone
 `relay_lease_ttl_s - relay_lease_renew_interval_s` without renewal, before anyone may take it."""
 
+# The scheduler.
+scheduler_tick_s = 1.0
+"""How often the scheduler looks for due items (a pass that met its rate limit goes again
+after one tick too)."""
+scheduler_fires_per_s_max = 100
+"""Most firings the scheduler publishes per second (a pass publishes at most this many times
+`scheduler_tick_s`); the rest wait for the next pass, oldest due first."""
+scheduler_refire_interval_s = 30.0
+"""A firing whose item is still not done this long after it was published is published again
+(same command id, so the account applies it once): a firing lost with a broker, or one the
+read model has not caught up with yet."""
+scheduler_fired_remembered_max = 100_000
+"""Firings the scheduler remembers as recently published (oldest forgotten first): a forgotten
+one may be published again early, which its command id makes harmless."""
+
 # Processes.
 supervisor_check_interval_s = 0.5
 """How often `ledger run` (and `ledger broker`) checks its children while waiting for a stop."""

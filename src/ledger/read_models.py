@@ -15,6 +15,7 @@ from ledger.storage import prepare_schema
 from projections.balances import BalancesProjection
 from projections.follow_ups import FollowUpsProjection
 from projections.overpayments import OverpaymentsProjection
+from projections.schedule import ScheduleProjection
 
 BALANCES = BalancesProjection()
 """The balances read model (the benchmark reads its tables directly to time visibility)."""
@@ -25,7 +26,10 @@ OVERPAYMENTS = OverpaymentsProjection()
 FOLLOW_UPS = FollowUpsProjection()
 """The follow-up queue, shared by every feature that raises follow-ups (`ledger follow-ups`)."""
 
-PROJECTIONS: tuple[Projection, ...] = (BALANCES, OVERPAYMENTS, FOLLOW_UPS)
+SCHEDULE = ScheduleProjection()
+"""The scheduler's read model of due items (`ledger.scheduler` reads it)."""
+
+PROJECTIONS: tuple[Projection, ...] = (BALANCES, OVERPAYMENTS, FOLLOW_UPS, SCHEDULE)
 
 
 def names() -> list[str]:

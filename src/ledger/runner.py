@@ -25,7 +25,7 @@ from ledger.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_WORKERS = ("ingest", "relay", "projections")
+DEFAULT_WORKERS = ("ingest", "relay", "projections", "scheduler")
 
 
 class SupervisorFailed(RuntimeError):

@@ -1,4 +1,5 @@
-"""The ledger's worker processes (`python -m ledger.workers NAME`): ingest, relay, projections.
+"""The ledger's worker processes (`python -m ledger.workers NAME`): ingest, relay, projections,
+scheduler.
 
 Part of the composition root: it wires the Kafka adapters, the event store, the ingest service
 and the projections together. Each worker stops cleanly on SIGTERM or SIGINT, finishing the
@@ -29,11 +30,12 @@ from ledger.kafka.topics import LEDGER_COMMANDS, PAYMENTS_INBOUND
 from ledger.logging import bind_process_context, configure_logging
 from ledger.policy_file import load_policy
 from ledger.relay import run_relay
+from ledger.scheduler import run_scheduler
 from ledger.settings import Settings, SettingsError, load_settings
 from ledger.storage import open_storage
 from ledger.tailing import run_tails
 
-WORKER_NAMES = ("ingest", "relay", "projections")
+WORKER_NAMES = ("ingest", "relay", "projections", "scheduler")
 
 log = structlog.get_logger(__name__)
 
@@ -97,6 +99,11 @@ def run_worker(name: str, settings: Settings, stop: threading.Event) -> None:
             )
             tune_gc_for_throughput()
             run_tails(storage.store, handlers, stop)
+        elif name == "scheduler":
+            bootstrap = resolve_bootstrap(settings.kafka_bootstrap, settings.broker_port)
+            run_scheduler(
+                storage.database, bootstrap, load_policy(settings.policy), SystemClock(), stop
+            )
         else:
             raise ValueError(f"unknown worker {name!r}; expected one of {WORKER_NAMES}")
     finally:

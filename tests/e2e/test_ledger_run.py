@@ -10,6 +10,7 @@ import orjson
 import psutil
 import pytest
 
+from ledger import read_models
 from ledger.kafka.broker import EmbeddedBroker
 from tests.books import expected_balances, invoice, opened, payment
 from tests.e2e.harness import (
@@ -140,7 +141,10 @@ def test_publish_twice_dead_letters_and_outbox(
         assert len(read_topic(fresh_broker.bootstrap, "ledger.notifications")) == 2
         rebuilt = run_cli(["projections", "rebuild", "--json"], env)
         assert rebuilt.returncode == 0, rebuilt.stderr.decode()
-        assert orjson.loads(rebuilt.stdout)["events"] == 7
+        # Every registered read model is rebuilt; those that read every event read all 7.
+        counts = {p["name"]: p["events"] for p in orjson.loads(rebuilt.stdout)["projections"]}
+        assert set(counts) == set(read_models.names())
+        assert counts["balances"] == counts["schedule"] == 7
         assert orjson.loads(run_cli(["trial-balance", "--json"], env).stdout) == trial
     assert ledger.returncode == 0
 
@@ -164,7 +168,7 @@ def test_kill_9_mid_publish_then_restart(
     # Kill in the middle: once some facts are applied, while the rest are still coming.
     wait_for(lambda: read_balances(database_url, list(expected)) != {}, "ingest under way")
     workers = psutil.Process(ledger.pid).children(recursive=True)
-    assert len(workers) == 3
+    assert len(workers) == 4
     stop_ledger_run(ledger, kill=True)
     # The parent-death signal takes every worker down with the supervisor.
     wait_for(lambda: all(gone(worker.pid) for worker in workers), "workers gone", timeout_s=10)
@@ -227,7 +231,7 @@ def test_two_ingest_workers_share_the_partitions(
     lines = history_lines(accounts=40, events=2_000, seed=11)
     expected = natural(expected_balances(lines))
     with running_ledger(env, tmp_path / "run.log") as ledger:
-        wait_for(lambda: len(psutil.Process(ledger.pid).children()) == 4, "four workers")
+        wait_for(lambda: len(psutil.Process(ledger.pid).children()) == 5, "five workers")
         publish(fresh_broker.bootstrap, lines, key_of)
         wait_for(
             lambda: read_balances(database_url, list(expected)) == expected,
@@ -253,7 +257,7 @@ def test_two_ledger_runs_on_one_database_publish_each_event_once(
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     with running_ledger(env, first_log) as first, running_ledger(env, second_log) as second:
         for run in (first, second):
-            wait_for(lambda run=run: len(psutil.Process(run.pid).children()) == 4, "workers")
+            wait_for(lambda run=run: len(psutil.Process(run.pid).children()) == 5, "workers")
         publish(fresh_broker.bootstrap, lines, key_of)
         wait_for(
             lambda: read_balances(database_url, list(expected)) == expected,

@@ -1,0 +1,284 @@
+"""The scheduler's read model: every timed item, when it is due, and whether it is done.
+
+A projection (`ledger.projection.Projection`) over every event of the account aggregate. Items of
+an overpayment are keyed by (kind, overpayment id), follow-ups by (kind, follow-up id), so each
+event changes rows by key and a batch folds its changes in memory before writing:
+
+- escrow expiry: `overpayment_resolved` with `escrow_expires_at`; done once money leaves the
+  overpayment's `escrow` place (released, escheated or reversed by a returned payment).
+- refund retry: `refund_failed` with `retry_at` (attempt: the failed one); done once money leaves
+  the overpayment's `refund_failed` place (the retry's `refund_requested`, or escheated, reversed).
+- self-correction: complete `overpayment_verified` with `self_correct_at`; done at the
+  overpayment's `overpayment_resolved` or `overpayment_rejected`.
+- follow-up: `follow_up_raised`, moved by `follow_up_due`; done at `follow_up_closed`.
+- dormancy, per account (`rm_dormancy`): the jurisdiction, the last customer activity (when the
+  processor says an opening, payment or redemption happened; never moved back by a late fact),
+  the credit owed (customer_credit and escrow, from the postings) and the escheatments so far.
+
+An item is done when the event its firing causes is recorded, never when it is fired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from eventsourcing.persistence import Notification
+
+from ledger.clock import epoch_us
+from ledger.domain import protocol_events as ev
+from ledger.domain.account import Account
+from ledger.domain.event_names import EVENT_CLASSES, event_name
+from ledger.domain.postings import LedgerAccount
+from ledger.persistence.database import Cursor, Database
+from ledger.persistence.mapper import current_state
+from ledger.projection import Generation
+from projections.schedule_tables import (
+    DORMANCY,
+    DORMANCY_DUE_INDEX,
+    ESCROW_EXPIRY,
+    FOLLOW_UP,
+    ITEMS,
+    ITEMS_DUE_INDEX,
+    NAME,
+    REFUND_RETRY,
+    SELF_CORRECTION,
+    TABLES,
+)
+
+ITEM_COLUMNS = (
+    "kind",
+    "subject_id",
+    "item_id",
+    "account_id",
+    "due_at",
+    "due_us",
+    "attempt",
+    "done",
+)
+ITEM_TYPES = ("text", "text", "text", "text", "text", "bigint", "integer", "integer")
+DORMANCY_COLUMNS = (
+    "account_id",
+    "jurisdiction",
+    "last_activity_at",
+    "last_activity_us",
+    "owed_minor",
+    "escheatments",
+)
+DORMANCY_TYPES = ("text", "text", "text", "bigint", "bigint", "integer")
+
+EVENT_TYPES = frozenset(EVENT_CLASSES)
+"""Every event: any may post to customer_credit or escrow (the credit a dormant account owes)."""
+
+ACTIVITY_TYPES = frozenset(
+    {
+        Account.Opened.TOPIC,
+        Account.PaymentReceived.TOPIC,
+        ev.CouponRedeemed.TOPIC,
+        ev.StoreCreditRedeemed.TOPIC,
+    }
+)
+"""Events that are the customer's own activity (they restart the dormancy period)."""
+
+OWED_ACCOUNTS = frozenset({LedgerAccount.CUSTOMER_CREDIT.value, LedgerAccount.ESCROW.value})
+"""Ledger accounts holding money the ledger owes the customer (escheated when dormant)."""
+
+NO_ACTIVITY_US = -1
+"""`last_activity_us` of a batch that saw no activity for an account (never wins the maximum)."""
+
+ItemKey = tuple[str, str]
+
+
+class Changes:
+    """One batch's changes to the schedule, folded by key before they are written."""
+
+    def __init__(self) -> None:
+        self.rows: dict[ItemKey, list[Any]] = {}
+        """Items created in this batch (whole rows), changed in place by later events."""
+        self.due: dict[ItemKey, tuple[str, int]] = {}
+        """New due times of items created before this batch."""
+        self.done: set[ItemKey] = set()
+        """Items created before this batch that are done now."""
+        self.dormancy: dict[str, list[Any]] = {}
+
+    def item(
+        self, kind: str, subject_id: str, item_id: str, account_id: str, due_at: str, attempt: int
+    ) -> None:
+        """A new item (or a new round of one, such as the next failed refund): not done."""
+        due_us = epoch_us(datetime.fromisoformat(due_at))
+        key = (kind, subject_id)
+        self.rows[key] = [kind, subject_id, item_id, account_id, due_at, due_us, attempt, 0]
+        self.due.pop(key, None)
+        self.done.discard(key)
+
+    def move_due(self, kind: str, subject_id: str, due_at: str) -> None:
+        """An item is due again at a later time (a follow-up's next contact)."""
+        due_us = epoch_us(datetime.fromisoformat(due_at))
+        row = self.rows.get((kind, subject_id))
+        if row is not None:
+            row[4], row[5] = due_at, due_us
+        else:
+            self.due[(kind, subject_id)] = (due_at, due_us)
+
+    def finish(self, kind: str, subject_id: str) -> None:
+        """The event an item's firing causes (or one that makes it moot) is recorded."""
+        row = self.rows.get((kind, subject_id))
+        if row is not None:
+            row[7] = 1
+        else:
+            self.done.add((kind, subject_id))
+
+    def account(self, account_id: str) -> list[Any]:
+        """The account's dormancy row of this batch (a delta on the stored one)."""
+        row = self.dormancy.get(account_id)
+        if row is None:
+            row = self.dormancy[account_id] = [account_id, "", "", NO_ACTIVITY_US, 0, 0]
+        return row
+
+
+def fold_event(batch: Changes, type_name: str, state: dict[str, Any]) -> None:
+    """Fold one event's changes into the batch."""
+    account_id: str = state["account_id"]
+    account = batch.account(account_id)
+    if type_name == Account.Opened.TOPIC:
+        account[1] = state["jurisdiction"]
+    if type_name in ACTIVITY_TYPES:
+        moment = datetime.fromisoformat(state["reported_at"])
+        if epoch_us(moment) > account[3]:
+            account[2], account[3] = moment.isoformat(), epoch_us(moment)
+    for posting in state.get("postings") or ():
+        if posting["credit"] in OWED_ACCOUNTS:
+            account[4] += posting["amount_minor"]
+        if posting["debit"] in OWED_ACCOUNTS:
+            account[4] -= posting["amount_minor"]
+    if type_name == ev.CreditEscheated.TOPIC:
+        account[5] += 1
+    for overpayment_id, source, _target, _amount in state.get("moves") or ():
+        if source == "escrow":
+            batch.finish(ESCROW_EXPIRY, overpayment_id)
+        elif source == "refund_failed":
+            batch.finish(REFUND_RETRY, overpayment_id)
+    if type_name == ev.OverpaymentVerified.TOPIC:
+        if state["complete"] and state["self_correct_at"] is not None:
+            overpayment_id = state["overpayment_id"]
+            batch.item(
+                SELF_CORRECTION,
+                overpayment_id,
+                overpayment_id,
+                account_id,
+                state["self_correct_at"],
+                0,
+            )
+    elif type_name == ev.OverpaymentResolved.TOPIC:
+        overpayment_id = state["overpayment_id"]
+        batch.finish(SELF_CORRECTION, overpayment_id)
+        if state["escrow_expires_at"] is not None:
+            batch.item(
+                ESCROW_EXPIRY,
+                overpayment_id,
+                overpayment_id,
+                account_id,
+                state["escrow_expires_at"],
+                0,
+            )
+    elif type_name == ev.OverpaymentRejected.TOPIC:
+        batch.finish(SELF_CORRECTION, state["overpayment_id"])
+    elif type_name == ev.RefundFailed.TOPIC:
+        if state["retry_at"] is not None:
+            batch.item(
+                REFUND_RETRY,
+                state["overpayment_id"],
+                state["refund_id"],
+                account_id,
+                state["retry_at"],
+                state["attempt"],
+            )
+    elif type_name == ev.FollowUpRaised.TOPIC:
+        follow_up_id = state["follow_up_id"]
+        batch.item(FOLLOW_UP, follow_up_id, follow_up_id, account_id, state["due_at"], 0)
+    elif type_name == ev.FollowUpDue.TOPIC:
+        batch.move_due(FOLLOW_UP, state["follow_up_id"], state["due_at"])
+    elif type_name == ev.FollowUpClosed.TOPIC:
+        batch.finish(FOLLOW_UP, state["follow_up_id"])
+
+
+class ScheduleProjection:
+    """Keeps rm_schedule and rm_dormancy (of one generation) up to date."""
+
+    name: str = NAME
+    tables: tuple[str, ...] = TABLES
+    event_types: frozenset[str] = EVENT_TYPES
+
+    def create_statements(self, generation: Generation) -> tuple[str, ...]:
+        """The generation's tables."""
+        return (
+            f"CREATE TABLE IF NOT EXISTS {generation.table(ITEMS)} ("
+            "kind TEXT NOT NULL, subject_id TEXT NOT NULL, item_id TEXT NOT NULL,"
+            " account_id TEXT NOT NULL, due_at TEXT NOT NULL, due_us BIGINT NOT NULL,"
+            " attempt INTEGER NOT NULL, done INTEGER NOT NULL,"
+            " PRIMARY KEY (kind, subject_id))",
+            f"CREATE TABLE IF NOT EXISTS {generation.table(DORMANCY)} ("
+            "account_id TEXT PRIMARY KEY, jurisdiction TEXT NOT NULL,"
+            " last_activity_at TEXT NOT NULL, last_activity_us BIGINT NOT NULL,"
+            " owed_minor BIGINT NOT NULL, escheatments INTEGER NOT NULL)",
+        )
+
+    def index_statements(self, generation: Generation) -> tuple[str, ...]:
+        """The due-time indexes, over the items still to fire only."""
+        return (
+            f"CREATE INDEX IF NOT EXISTS {generation.table(ITEMS_DUE_INDEX)}"
+            f" ON {generation.table(ITEMS)} (due_us) WHERE done = 0",
+            f"CREATE INDEX IF NOT EXISTS {generation.table(DORMANCY_DUE_INDEX)}"
+            f" ON {generation.table(DORMANCY)} (last_activity_us) WHERE owed_minor > 0",
+        )
+
+    def apply(
+        self,
+        database: Database,
+        cursor: Cursor,
+        generation: Generation,
+        notifications: Sequence[Notification],
+    ) -> None:
+        """Write a batch into the generation's tables in the open transaction."""
+        batch = Changes()
+        for notification in notifications:
+            state = current_state(notification.topic, notification.state)
+            fold_event(batch, event_name(notification.topic), state)
+        items = generation.table(ITEMS)
+        database.insert_rows(
+            cursor,
+            items,
+            ITEM_COLUMNS,
+            list(batch.rows.values()),
+            pg_types=ITEM_TYPES,
+            suffix="ON CONFLICT (kind, subject_id) DO UPDATE SET"
+            " item_id = excluded.item_id, account_id = excluded.account_id,"
+            " due_at = excluded.due_at, due_us = excluded.due_us,"
+            " attempt = excluded.attempt, done = excluded.done",
+        )
+        if batch.due:
+            cursor.executemany(
+                f"UPDATE {items} SET due_at = %s, due_us = %s WHERE kind = %s AND subject_id = %s",
+                [(at, us, kind, subject) for (kind, subject), (at, us) in batch.due.items()],
+            )
+        if batch.done:
+            cursor.executemany(
+                f"UPDATE {items} SET done = 1 WHERE kind = %s AND subject_id = %s",
+                sorted(batch.done),
+            )
+        dormancy = generation.table(DORMANCY)
+        database.insert_rows(
+            cursor,
+            dormancy,
+            DORMANCY_COLUMNS,
+            list(batch.dormancy.values()),
+            pg_types=DORMANCY_TYPES,
+            suffix="ON CONFLICT (account_id) DO UPDATE SET"
+            f" last_activity_at = CASE WHEN excluded.last_activity_us > {dormancy}.last_activity_us"
+            f" THEN excluded.last_activity_at ELSE {dormancy}.last_activity_at END,"
+            f" last_activity_us = CASE WHEN excluded.last_activity_us > {dormancy}.last_activity_us"
+            f" THEN excluded.last_activity_us ELSE {dormancy}.last_activity_us END,"
+            f" owed_minor = {dormancy}.owed_minor + excluded.owed_minor,"
+            f" escheatments = {dormancy}.escheatments + excluded.escheatments",
+        )

@@ -1,0 +1,23 @@
+"""The scheduler's read model's name and tables: what its due-items query needs."""
+
+from __future__ import annotations
+
+from typing import Final
+
+NAME: Final = "schedule"
+
+ITEMS: Final = "rm_schedule"
+"""One row per timed item of an overpayment or follow-up: its kind, the id a firing names, the
+account, the due time, the attempt (refund retries), and whether it is done."""
+DORMANCY: Final = "rm_dormancy"
+"""One row per account: jurisdiction, last customer activity, credit owed, escheatments so far.
+Its due time depends on the policy's dormancy period, so the scheduler computes it."""
+TABLES: Final = (ITEMS, DORMANCY)
+ITEMS_DUE_INDEX: Final = "rm_schedule_due"
+DORMANCY_DUE_INDEX: Final = "rm_dormancy_due"
+
+ESCROW_EXPIRY: Final = "escrow_expiry"
+REFUND_RETRY: Final = "refund_retry"
+SELF_CORRECTION: Final = "self_correction"
+FOLLOW_UP: Final = "follow_up"
+DORMANCY_ITEM: Final = "dormancy"
