@@ -22,7 +22,7 @@ from eventsourcing.persistence import Tracking
 
 from ledger.domain import protocol_events as ev
 from ledger.domain.account import Account
-from ledger.domain.errors import DomainRuleError, StaleFiring, UnauthorizedError
+from ledger.domain.errors import DomainRuleError, NotDueYet, StaleFiring, UnauthorizedError
 from ledger.domain.money import MoneyError
 from ledger.domain.overpayments import SCHEDULER, Actor, LegalBasis
 from ledger.domain.policy import Policy
@@ -58,6 +58,7 @@ class CommandService:
         self.accounts = accounts
         self.refused = 0
         self.stale = 0
+        self.early = 0
 
     @property
     def store(self) -> EventStore:
@@ -98,6 +99,10 @@ class CommandService:
                 continue
             seen[key] = digest
             outcome = self._apply(batch, message, command, absent, now)
+            if outcome is None:  # a firing before its time: no outcome, fired again later
+                del seen[key]
+                self.early += 1
+                continue
             batch.outcomes.append(outcome)
             if outcome.status == "refused":
                 self.refused += 1
@@ -119,9 +124,9 @@ class CommandService:
         command: StaffCommand,
         absent: set[str],
         now: datetime,
-    ) -> CommandOutcome:
+    ) -> CommandOutcome | None:
         """Apply one new command to its account; its outcome (refusals recorded on the
-        account too)."""
+        account too), or None for a firing that came before its time."""
         account = (
             None
             if command.account_id in absent
@@ -140,6 +145,14 @@ class CommandService:
         reason: str | None = None
         try:
             handle(account, command, self.accounts.policy, now)
+        except NotDueYet as early:
+            log.info(
+                "firing before its time: no outcome, the scheduler fires it again",
+                account_id=command.account_id,
+                command_id=command.command_id,
+                reason=str(early),
+            )
+            return None
         except StaleFiring as stale:
             status, reason = "noop", f"stale: {stale}"
         except UnauthorizedError as error:

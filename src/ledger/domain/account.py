@@ -26,6 +26,7 @@ from ledger.domain.postings import (
     movements,
     natural_balance,
 )
+from ledger.domain.protocol_events import later
 
 ACCOUNT_NAMESPACE = uuid.UUID("6f1c1f5e-8f0a-4a55-9d3c-2b8f5c1d7a10")
 
@@ -167,7 +168,7 @@ class Account(OverpaymentHandling, Aggregate):
                 "overpayment_id": None,
                 "returned": False,
             }
-            aggregate.last_activity = self.reported_at
+            aggregate.last_activity = later(aggregate.last_activity, self.reported_at)
 
     class OverpaymentDetected(Event):
         """A payment exceeded the whole receivable (or a paid invoice was voided); the excess,

@@ -19,3 +19,9 @@ class UnauthorizedError(DomainRuleError):
 class StaleFiring(Exception):
     """A scheduler firing whose item is no longer due (done already, or moved): answered by a
     no-op outcome, never a dead letter."""
+
+
+class NotDueYet(StaleFiring):
+    """A scheduler firing that came before its item is due (the scheduler's clock ran ahead of
+    the account worker's): no outcome is recorded, so the same firing, fired again when due,
+    still applies."""

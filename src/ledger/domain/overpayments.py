@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ledger.domain import protocol_events as ev
-from ledger.domain.errors import DomainRuleError, StaleFiring, UnauthorizedError
+from ledger.domain.errors import DomainRuleError, NotDueYet, StaleFiring, UnauthorizedError
 from ledger.domain.policy import DEPARTMENTS, Policy
 from ledger.domain.postings import LedgerAccount, Posting, apply_postings, check_books
 
@@ -332,8 +332,10 @@ class OverpaymentHandling:
                 raise StaleFiring(f"refund {refund_id} is {refund['status']}")
             raise DomainRuleError(f"refund {refund_id} is {refund['status']}, not failed")
         if actor.role == SCHEDULER:
-            if refund["retry_at"] is None or now < datetime.fromisoformat(refund["retry_at"]):
-                raise StaleFiring(f"refund {refund_id} is not due for a retry")
+            if refund["retry_at"] is None:
+                raise StaleFiring(f"refund {refund_id} has no retry due (retries spent)")
+            if now < datetime.fromisoformat(refund["retry_at"]):
+                raise NotDueYet(f"refund {refund_id} is due for a retry at {refund['retry_at']}")
         else:
             self._authorize(actor, "resolve", refund["amount"], policy)
         self._request_refund(
@@ -442,7 +444,7 @@ class OverpaymentHandling:
         if at_expiry:
             expires_at = datetime.fromisoformat(overpayment["escrow_expires_at"])
             if now < expires_at:
-                raise StaleFiring(f"escrow of {overpayment_id} expires at {expires_at.isoformat()}")
+                raise NotDueYet(f"escrow of {overpayment_id} expires at {expires_at.isoformat()}")
         else:
             self._authorize(actor, "release", held, policy)
         target_account = {
@@ -679,7 +681,7 @@ class OverpaymentHandling:
         if overpayment["status"] != "verified" or due is None:
             raise StaleFiring(f"overpayment {overpayment_id} is {overpayment['status']}")
         if now < datetime.fromisoformat(due):
-            raise StaleFiring(f"self-correction of {overpayment_id} is due at {due}")
+            raise NotDueYet(f"self-correction of {overpayment_id} is due at {due}")
         overpayment["self_corrected"] = True  # set before the event: read when invoices come
         self._resolve(overpayment_id, "credit", SCHEDULER_ACTOR, policy, now, automatic=True)
 
@@ -687,7 +689,7 @@ class OverpaymentHandling:
         """Credit owed and unclaimed past the jurisdiction's dormancy period goes to the state."""
         dormant_since = datetime.fromisoformat(self.last_activity)
         if now < dormant_since + policy.dormancy(self.jurisdiction):
-            raise StaleFiring(f"account {self.account_id} was active at {self.last_activity}")
+            raise NotDueYet(f"account {self.account_id} was active at {self.last_activity}")
         postings: dict[str, int] = {}
         moves: list[list[Any]] = []
         for overpayment_id, overpayment in self.overpayments.items():
@@ -725,8 +727,10 @@ class OverpaymentHandling:
         follow_up = self.follow_ups.get(follow_up_id)
         if follow_up is None or follow_up["status"] != "open":
             raise StaleFiring(f"follow-up {follow_up_id} is not open")
-        if follow_up["due_at"] != due_at or now < datetime.fromisoformat(due_at):
-            raise StaleFiring(f"follow-up {follow_up_id} is due at {follow_up['due_at']}")
+        if follow_up["due_at"] != due_at:
+            raise StaleFiring(f"follow-up {follow_up_id} is due at {follow_up['due_at']} now")
+        if now < datetime.fromisoformat(due_at):
+            raise NotDueYet(f"follow-up {follow_up_id} is due at {due_at}")
         contacts = follow_up["contacts"] + 1
         escalated = contacts >= policy.follow_ups.escalate_after_contacts
         self._decide(

@@ -13,6 +13,7 @@ keeps them as JSON; lists come back as lists).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Final
 
 from eventsourcing.domain import Aggregate
@@ -69,6 +70,12 @@ OWED_CREDIT: Final[tuple[str, ...]] = (
     "refund_failed",
 )
 """Places whose money sits in `customer_credit`."""
+
+
+def later(first: str, second: str) -> str:
+    """The later of two RFC 3339 timestamps (compared as times: offsets differ by processor)."""
+    return second if datetime.fromisoformat(second) > datetime.fromisoformat(first) else first
+
 
 Move = tuple[str, str, str, int]
 """(overpayment id, from place, to place, amount in minor units)."""
@@ -276,6 +283,10 @@ class CouponRedeemed(AccountEvent):
     source_event_id: str
     reported_at: str
 
+    def update(self, aggregate: Any) -> None:
+        """Using credit is customer activity (dormancy counts from the last)."""
+        aggregate.last_activity = later(aggregate.last_activity, self.reported_at)
+
 
 class StoreCreditRedeemed(AccountEvent):
     """The processor reported store credit used for a purchase."""
@@ -289,6 +300,10 @@ class StoreCreditRedeemed(AccountEvent):
     source: str
     source_event_id: str
     reported_at: str
+
+    def update(self, aggregate: Any) -> None:
+        """Using credit is customer activity (dormancy counts from the last)."""
+        aggregate.last_activity = later(aggregate.last_activity, self.reported_at)
 
 
 class AccountCancelled(Decision):
