@@ -460,9 +460,9 @@ def test_choices_and_counts(section: str, key: str, value: object) -> None:
 def test_an_unknown_key_anywhere() -> None:
     def change(rules: dict[str, Any]) -> None:
         rules["escrow"]["perid"] = "P1D"
-        rules["disputes"] = {}
+        rules["chargebacks"] = {}
 
     assert dict(problems(change)) == {
         "escrow.perid": "Extra inputs are not permitted",
-        "disputes": "Extra inputs are not permitted",
+        "chargebacks": "Extra inputs are not permitted",
     }

@@ -33,7 +33,8 @@ class PolicyError(ValueError):
 
 Department = Literal["accounting", "risk_management", "operations"]
 Role = Literal["agent", "supervisor", "manager", "accounting", "risk_management", "operations"]
-Action = Literal["verify", "resolve", "release", "adjust", "write_off"]
+Action = Literal["verify", "resolve", "release", "adjust", "write_off", "plan"]
+Channel = Literal["phone", "email", "chat", "social", "chargeback"]
 Resolution = Literal["credit", "refund", "escrow", "coupon", "store_credit", "cancel_and_refund"]
 AccountKind = Literal["utility", "monthly", "retail"]
 EscrowRelease = Literal["refund", "credit", "escheat"]
@@ -46,6 +47,8 @@ ACTIONS: Final[tuple[Action, ...]] = get_args(Action)
 """Actions the authority table bounds (disputes add theirs here and to `RoleAuthority`)."""
 RESOLUTIONS: Final[tuple[Resolution, ...]] = get_args(Resolution)
 """Ways a verified overpayment may be resolved."""
+CHANNELS: Final[tuple[Channel, ...]] = get_args(Channel)
+"""Where a dispute comes from: a staff member on a channel, or the processor's chargeback."""
 ACCOUNT_KINDS: Final[tuple[AccountKind, ...]] = get_args(AccountKind)
 """Kinds of customer account."""
 ANY_CURRENCY: Final = "default"
@@ -258,6 +261,8 @@ class RoleAuthority(_Rules):
     release: AmountMinor
     adjust: AmountMinor
     write_off: AmountMinor
+    plan: AmountMinor
+    """The largest installment plan (its total) the role may agree on a dispute."""
 
     def limit_minor(self, action: str) -> int | None:
         """The role's limit for this action; None for an action that is not one."""
@@ -338,6 +343,61 @@ class EscheatmentPolicy(_Rules):
     )
 
 
+class DisputeSla(_Rules):
+    """How soon a dispute from one channel is answered, updated and resolved."""
+
+    first_response: Duration
+    update_every: Duration
+    resolution_target: Duration
+
+
+class DisputePolicy(_Rules):
+    """Disputes: service levels per channel, who owns the unassigned, installment grace."""
+
+    owner: Role = "agent"
+    """Whose queue a dispute's follow-ups join until a representative is assigned."""
+    installment_grace: Duration = timedelta(days=3)
+    """An installment unpaid this long after its due date is missed (a follow-up)."""
+    sla: dict[Channel, DisputeSla] = Field(default_factory=lambda: _default_slas())
+
+    @model_validator(mode="after")
+    def _every_channel(self) -> Self:
+        missing = [channel for channel in CHANNELS if channel not in self.sla]
+        if missing:
+            raise _rule_broken(("sla",), f"every channel needs its SLA: missing {missing}", None)
+        return self
+
+
+def _default_slas() -> dict[Channel, DisputeSla]:
+    return {
+        "phone": DisputeSla(
+            first_response=timedelta(hours=4),
+            update_every=timedelta(days=3),
+            resolution_target=timedelta(days=30),
+        ),
+        "email": DisputeSla(
+            first_response=timedelta(days=1),
+            update_every=timedelta(days=5),
+            resolution_target=timedelta(days=30),
+        ),
+        "chat": DisputeSla(
+            first_response=timedelta(hours=1),
+            update_every=timedelta(days=3),
+            resolution_target=timedelta(days=30),
+        ),
+        "social": DisputeSla(
+            first_response=timedelta(hours=4),
+            update_every=timedelta(days=3),
+            resolution_target=timedelta(days=30),
+        ),
+        "chargeback": DisputeSla(
+            first_response=timedelta(days=1),
+            update_every=timedelta(days=5),
+            resolution_target=timedelta(days=45),
+        ),
+    }
+
+
 def _default_thresholds() -> tuple[Threshold, ...]:
     steps: tuple[tuple[int, tuple[Department, ...]], ...] = (
         (0, ("accounting",)),
@@ -352,10 +412,15 @@ def _default_thresholds() -> tuple[Threshold, ...]:
 
 
 def _authority(
-    verify: int, resolve: int, release: int, adjust: int, write_off: int
+    verify: int, resolve: int, release: int, adjust: int, write_off: int, plan: int = 0
 ) -> RoleAuthority:
     return RoleAuthority(
-        verify=verify, resolve=resolve, release=release, adjust=adjust, write_off=write_off
+        verify=verify,
+        resolve=resolve,
+        release=release,
+        adjust=adjust,
+        write_off=write_off,
+        plan=plan,
     )
 
 
@@ -373,12 +438,17 @@ DEFAULT_RESOLUTIONS: Final = ResolutionsPolicy(
     retail=ResolutionPolicy(allowed=RESOLUTIONS, default="refund"),
 )
 DEFAULT_AUTHORITY: Final = AuthorityPolicy(
-    agent=_authority(verify=0, resolve=20_000, release=0, adjust=5_000, write_off=0),
+    agent=_authority(verify=0, resolve=20_000, release=0, adjust=5_000, write_off=0, plan=50_000),
     supervisor=_authority(
-        verify=0, resolve=100_000, release=50_000, adjust=25_000, write_off=10_000
+        verify=0, resolve=100_000, release=50_000, adjust=25_000, write_off=10_000, plan=250_000
     ),
     manager=_authority(
-        verify=0, resolve=1_000_000, release=1_000_000, adjust=250_000, write_off=100_000
+        verify=0,
+        resolve=1_000_000,
+        release=1_000_000,
+        adjust=250_000,
+        write_off=100_000,
+        plan=1_000_000,
     ),
     accounting=_authority(
         verify=1_000_000_000, resolve=50_000, release=100_000, adjust=100_000, write_off=50_000
@@ -405,6 +475,7 @@ class Policy(_Rules):
     monthly: MonthlyPolicy = MonthlyPolicy()
     follow_ups: FollowUpPolicy = FollowUpPolicy()
     escheatment: EscheatmentPolicy = EscheatmentPolicy()
+    disputes: DisputePolicy = DisputePolicy()
 
     def required_departments(self, amount_minor: int, currency: str) -> tuple[str, ...]:
         """The departments that must verify an overpayment of this amount and currency."""
@@ -446,6 +517,10 @@ class Policy(_Rules):
     def dormancy(self, jurisdiction: str) -> timedelta:
         """How long unclaimed money waits in this jurisdiction before it is escheated."""
         return self.escheatment.dormancy.get(jurisdiction, self.escheatment.default_dormancy)
+
+    def dispute_sla(self, channel: str) -> DisputeSla:
+        """The service levels of disputes from this channel."""
+        return self.disputes.sla[channel]  # type: ignore[index]
 
     def small_credit_minor(self, currency: str) -> int:
         """Below this amount a verified overpayment in this currency is kept as credit."""
