@@ -31,9 +31,18 @@ from ledger.persistence.event_store import EventStore
 from ledger.persistence.outcomes import CommandOutcome, OutcomeStatus
 from ledger.schemas.commands import (
     OUTCOME_HEADER,
+    AdjustDisputeIn,
+    AssignDisputeIn,
+    DeferDisputeIn,
+    DisputeFeedbackIn,
+    EscalateDisputeIn,
     FireIn,
+    LogContactIn,
+    OpenDisputeIn,
+    PlanDisputeIn,
     RejectOverpaymentIn,
     ReleaseEscrowIn,
+    ResolveDisputeIn,
     ResolveOverpaymentIn,
     RetryRefundIn,
     StaffCommand,
@@ -300,6 +309,91 @@ def handle(account: Account, command: StaffCommand, policy: Policy, now: datetim
             policy=policy,
             now=now,
         )
+    else:
+        handle_dispute(account, command, actor, policy, now)
+
+
+def handle_dispute(
+    account: Account, command: StaffCommand, actor: Actor, policy: Policy, now: datetime
+) -> None:
+    """Apply one dispute command to its account."""
+    if isinstance(command, OpenDisputeIn):
+        account.check_currency(command.amount.currency)
+        account.open_dispute(
+            channel=command.channel,
+            reason=command.reason,
+            amount_minor=command.amount.value,
+            actor=actor,
+            policy=policy,
+            now=now,
+            invoice_id=command.invoice_id,
+            payment_id=command.payment_id,
+        )
+    elif isinstance(command, AssignDisputeIn):
+        account.assign_dispute(
+            dispute_id=command.dispute_id, rep=command.rep, actor=actor, policy=policy, now=now
+        )
+    elif isinstance(command, LogContactIn):
+        account.log_contact(
+            dispute_id=command.dispute_id,
+            channel=command.channel,
+            direction=command.direction,
+            summary=command.summary,
+            promise=command.promise,
+            promise_by=command.promise_by,
+            actor=actor,
+            policy=policy,
+            now=now,
+        )
+    elif isinstance(command, PlanDisputeIn):
+        account.agree_plan(
+            dispute_id=command.dispute_id,
+            installments=[(i.due_date, i.amount_minor) for i in command.installments],
+            forgiven_minor=command.forgiven_minor,
+            actor=actor,
+            policy=policy,
+            now=now,
+        )
+    elif isinstance(command, DeferDisputeIn):
+        account.defer_dispute(
+            dispute_id=command.dispute_id, until=command.until, actor=actor, policy=policy, now=now
+        )
+    elif isinstance(command, EscalateDisputeIn):
+        account.escalate_dispute(
+            dispute_id=command.dispute_id,
+            to_role=command.to_role,
+            reason=command.reason,
+            actor=actor,
+            policy=policy,
+            now=now,
+        )
+    elif isinstance(command, AdjustDisputeIn):
+        account.adjust_dispute(
+            dispute_id=command.dispute_id,
+            amount_minor=command.amount_minor,
+            reason=command.reason,
+            actor=actor,
+            policy=policy,
+            now=now,
+        )
+    elif isinstance(command, ResolveDisputeIn):
+        account.resolve_dispute(
+            dispute_id=command.dispute_id,
+            outcome=command.outcome,
+            settlement=command.settlement,
+            actor=actor,
+            policy=policy,
+            now=now,
+        )
+    elif isinstance(command, DisputeFeedbackIn):
+        account.record_feedback(
+            dispute_id=command.dispute_id,
+            score=command.score,
+            comment=command.comment,
+            actor=actor,
+            policy=policy,
+            now=now,
+        )
 
 
 def fire(account: Account, command: FireIn, policy: Policy, now: datetime) -> None:
@@ -327,5 +421,15 @@ def fire(account: Account, command: FireIn, policy: Policy, now: datetime) -> No
         account.follow_up_due(
             follow_up_id=command.item_id, due_at=command.due_at, policy=policy, now=now
         )
+    elif command.item == "dispute_update":
+        account.status_update_due(
+            dispute_id=command.item_id, due_at=command.due_at, policy=policy, now=now
+        )
+    elif command.item == "installment_due":
+        account.installment_due(
+            dispute_id=command.item_id, index=(command.attempt or 1) - 1, policy=policy, now=now
+        )
+    elif command.item == "deferral_end":
+        account.deferral_ended(dispute_id=command.item_id, policy=policy, now=now)
     else:
         account.escheat(policy=policy, now=now)

@@ -31,6 +31,7 @@ from ledger.clock import Clock
 from ledger.domain.account import Account, FactOrigin, account_uuid
 from ledger.domain.errors import DomainRuleError, UnknownAccountError
 from ledger.domain.money import CurrencyError, Money, MoneyError
+from ledger.domain.overpayments import PROCESSOR, Actor
 from ledger.domain.policy import Policy
 from ledger.persistence.event_store import EventStore
 from ledger.persistence.outcomes import CommandOutcome, OutcomeKey
@@ -39,6 +40,9 @@ from ledger.schemas.inbound import (
     AccountOpenedIn,
     CouponRedeemedIn,
     CreditRedeemedIn,
+    DisputeClosedIn,
+    DisputeOpenedIn,
+    FeedbackReceivedIn,
     InboundEvent,
     InboundRejected,
     InvoiceIssuedIn,
@@ -111,8 +115,11 @@ _HANDLED = (
     InvoiceVoidedIn,
     CouponRedeemedIn,
     CreditRedeemedIn,
+    DisputeOpenedIn,
+    DisputeClosedIn,
+    FeedbackReceivedIn,
 )
-"""The facts about an existing account that the ledger applies (disputes come later)."""
+"""The facts about an existing account that the ledger applies."""
 
 
 class BatchService(Protocol):
@@ -426,6 +433,40 @@ class IngestService:
                 invoice_id=fact.invoice_id,
                 origin=fields,
                 now=now,
+            )
+        elif isinstance(fact, DisputeOpenedIn):
+            account.check_currency(fact.amount.currency)
+            account.open_dispute(
+                channel="chargeback",
+                reason=fact.reason,
+                amount_minor=fact.amount.value,
+                actor=Actor(fact.processor, PROCESSOR),
+                policy=policy,
+                now=now,
+                payment_id=fact.payment_id,
+                external_id=fact.dispute_id,
+                respond_by=fact.respond_by,
+                source_event_id=fact.event_id,
+            )
+        elif isinstance(fact, DisputeClosedIn):
+            account.resolve_dispute(
+                dispute_id=account.dispute_id_of(fact.dispute_id),
+                outcome=fact.outcome,
+                settlement=None,
+                actor=Actor(fact.processor, PROCESSOR),
+                policy=policy,
+                now=now,
+                source_event_id=fact.event_id,
+            )
+        elif isinstance(fact, FeedbackReceivedIn):
+            account.record_feedback(
+                dispute_id=account.dispute_id_of(fact.dispute_id),
+                score=fact.score,
+                comment=fact.comment,
+                actor=Actor(fact.processor, PROCESSOR),
+                policy=policy,
+                now=now,
+                source_event_id=fact.event_id,
             )
         elif isinstance(fact, CreditRedeemedIn):
             account.check_currency(fact.amount.currency)

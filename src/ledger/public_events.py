@@ -7,10 +7,15 @@ from typing import Any
 
 from eventsourcing.persistence import Notification
 
+from ledger.domain.dispute_events import PERSONAL_FIELDS
 from ledger.domain.event_names import event_name
 from ledger.persistence.mapper import current_state
 
-_INTERNAL_FIELDS = frozenset({"timestamp", "originator_topic", "postings", "class_version"})
+_INTERNAL_FIELDS = frozenset(
+    {"timestamp", "originator_topic", "postings", "class_version", *PERSONAL_FIELDS}
+)
+"""Never published: the store's internals and the customer's own words (`PERSONAL_FIELDS`:
+kept in the store for the dispute's story, erasable)."""
 
 
 def public_postings(state: dict[str, Any]) -> list[dict[str, Any]]:

@@ -64,6 +64,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "invoice.voided": {"invoice_id": "inv-1"},
     "coupon.redeemed": {"coupon_code": "CPN-1", "amount": AMOUNT, "invoice_id": "inv-2"},
     "credit.redeemed": {"redemption_id": "red-1", "amount": AMOUNT},
+    "feedback.received": {"dispute_id": "dsp-1", "score": 4, "comment": "quick and fair"},
 }
 
 

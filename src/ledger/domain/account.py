@@ -11,6 +11,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.domain import Snapshot as LibrarySnapshot
 
 from ledger import limits
+from ledger.domain.disputes import DisputeHandling
 from ledger.domain.errors import DomainRuleError
 from ledger.domain.money import Money
 from ledger.domain.overpayments import OverpaymentHandling
@@ -57,7 +58,7 @@ def account_uuid(account_id: str) -> uuid.UUID:
     return uuid.uuid5(ACCOUNT_NAMESPACE, account_id)
 
 
-class Account(OverpaymentHandling, Aggregate):
+class Account(OverpaymentHandling, DisputeHandling, Aggregate):
     """One customer account in one currency, with its ledger balances.
 
     Every class whose instances are stored has an explicit, stable `TOPIC` (the library refuses
@@ -71,7 +72,7 @@ class Account(OverpaymentHandling, Aggregate):
     """
 
     TOPIC = "account"
-    class_version = 3
+    class_version = 4
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -86,6 +87,12 @@ class Account(OverpaymentHandling, Aggregate):
             state.setdefault(name, {})
         state.setdefault("closed", False)
         state.setdefault("last_activity", state.get("_modified_on") or state.get("_created_on"))
+
+    @staticmethod
+    def upcast_v3_v4(state: dict[str, Any]) -> None:
+        """v4 tracks disputes (and the processors' dispute ids)."""
+        state.setdefault("disputes", {})
+        state.setdefault("dispute_ids", {})
 
     class Snapshot(LibrarySnapshot):
         """A snapshot of an account's state (the library's, under a stable name)."""
@@ -235,6 +242,8 @@ class Account(OverpaymentHandling, Aggregate):
         self.refunds: dict[str, dict[str, Any]] = {}
         self.coupons: dict[str, str] = {}
         self.follow_ups: dict[str, dict[str, Any]] = {}
+        self.disputes: dict[str, dict[str, Any]] = {}
+        self.dispute_ids: dict[str, str] = {}
 
     @classmethod
     def open(
@@ -338,7 +347,8 @@ class Account(OverpaymentHandling, Aggregate):
             method=method,
             invoice_id=invoice_id,
         )
-        self._detect_overpayment(payment_id, excess_minor, policy, now)
+        self.match_installments(payment_id, settled_minor, policy, now)
+        self.detect_overpayment(payment_id, excess_minor, policy, now)
 
     def void_invoice_and_detect(
         self, *, invoice_id: str, origin: FactOrigin, policy: Policy, now: datetime
@@ -348,11 +358,13 @@ class Account(OverpaymentHandling, Aggregate):
             invoice_id=invoice_id, origin=origin.event_fields(), policy=policy, now=now
         )
         last_payment = next(reversed(self.payments), "") if self.payments else ""
-        self._detect_overpayment(last_payment, paid, policy, now)
+        self.detect_overpayment(last_payment, paid, policy, now)
 
-    def _detect_overpayment(
+    def detect_overpayment(
         self, payment_id: str, excess_minor: int, policy: Policy, now: datetime
     ) -> None:
+        """An excess owed back to the customer (already posted as credit): an overpayment,
+        detected and notified like any other (below the policy's minimum: only credit)."""
         if excess_minor < policy.overpayment.detect_minimum_minor:
             return
         self.trigger_event(

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from eventsourcing.utils import register_topic
 
+from ledger.domain import dispute_events as dv
 from ledger.domain import protocol_events as ev
 from ledger.domain.account import Account
 
@@ -33,6 +34,7 @@ _STORED_EVENTS: Final[tuple[type[Any], ...]] = (
     Account.PaymentReceived,
     Account.OverpaymentDetected,
     *ev.PROTOCOL_EVENTS,
+    *dv.DISPUTE_EVENTS,
 )
 
 EVENT_CLASSES: Final[dict[str, type[Any]]] = {cls.TOPIC: cls for cls in _STORED_EVENTS}

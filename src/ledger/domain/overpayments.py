@@ -24,6 +24,9 @@ from ledger.domain.postings import LedgerAccount, Posting, apply_postings, check
 SCHEDULER = "scheduler"
 """The actor id and role of decisions the scheduler's firings make."""
 
+PROCESSOR = "processor"
+"""The role of a processor whose fact is a decision (a chargeback opened or closed)."""
+
 CUSTOMER_CREDIT = LedgerAccount.CUSTOMER_CREDIT
 RECEIVABLE = LedgerAccount.RECEIVABLE
 
@@ -79,9 +82,15 @@ class OverpaymentHandling:
     follow_ups: dict[str, dict[str, Any]]
     version: int
 
-    if TYPE_CHECKING:  # the aggregate's own (a stub here would shadow it)
+    if TYPE_CHECKING:  # the aggregate's own (stubs here would shadow them)
 
         def trigger_event(self, event_class: Any, **kwargs: Any) -> None: ...
+
+        def detect_overpayment(
+            self, payment_id: str, excess_minor: int, policy: Policy, now: datetime
+        ) -> None: ...
+
+        def dispute_settled(self, item: dict[str, Any]) -> str | None: ...
 
     def _emit(self, event_class: type[ev.AccountEvent], **fields: Any) -> None:
         """Trigger an event after checking its postings against the books.
@@ -312,6 +321,7 @@ class OverpaymentHandling:
             moves=[[overpayment_id, place, "refund_in_flight", n] for place, n in sources.items()],
             refund_id=f"{self.account_id}:rf:{self.version + 1}",
             overpayment_id=overpayment_id,
+            dispute_id=None,
             payment_id=overpayment["payment_id"],
             method=payment.get("method", "original"),
             amount_minor=amount,
@@ -373,7 +383,9 @@ class OverpaymentHandling:
                     LedgerAccount.REFUND_CLEARING, LedgerAccount.CASH, amount_minor, self.currency
                 ),
             ),
-            moves=[[overpayment_id, "refund_in_flight", "refunded", amount_minor]],
+            moves=[]
+            if overpayment_id is None
+            else [[overpayment_id, "refund_in_flight", "refunded", amount_minor]],
             refund_id=refund_id,
             overpayment_id=overpayment_id,
             amount_minor=amount_minor,
@@ -387,7 +399,8 @@ class OverpaymentHandling:
         """The processor could not pay a refund: owed as credit again, retried per policy, and
         after the last retry a follow-up goes to staff."""
         refund = self._refund_in_flight(refund_id)
-        delay = policy.refund_retry_delay(refund["attempt"])
+        overpayment_id = refund["overpayment_id"]
+        delay = None if overpayment_id is None else policy.refund_retry_delay(refund["attempt"])
         retry_at = None if delay is None else (now + delay).isoformat()
         self._emit(
             ev.RefundFailed,
@@ -398,18 +411,21 @@ class OverpaymentHandling:
                     LedgerAccount.REFUND_CLEARING, CUSTOMER_CREDIT, refund["amount"], self.currency
                 ),
             ),
-            moves=[
-                [refund["overpayment_id"], "refund_in_flight", "refund_failed", refund["amount"]]
-            ],
+            moves=[]
+            if overpayment_id is None
+            else [[overpayment_id, "refund_in_flight", "refund_failed", refund["amount"]]],
             refund_id=refund_id,
-            overpayment_id=refund["overpayment_id"],
+            overpayment_id=overpayment_id,
             reason=reason,
             attempt=refund["attempt"],
             retry_at=retry_at,
             policy_version=policy.version,
             **origin,
         )
-        if retry_at is None:
+        if overpayment_id is None:
+            # A dispute's refund that failed: the money is owed back like any overpayment.
+            self.detect_overpayment(refund.get("payment_id", ""), refund["amount"], policy, now)
+        elif retry_at is None:
             self._raise_follow_up("refund_retries_exhausted", refund_id, policy, now, due=now)
 
     def _refund_in_flight(self, refund_id: str) -> dict[str, Any]:
@@ -753,6 +769,7 @@ class OverpaymentHandling:
         now: datetime,
         *,
         due: datetime | None = None,
+        owner: str | None = None,
     ) -> None:
         due_at = due if due is not None else now + policy.follow_ups.first_contact_after
         self._decide(
@@ -764,8 +781,15 @@ class OverpaymentHandling:
             reason=reason,
             subject_id=subject_id,
             due_at=due_at.isoformat(),
-            owner=policy.follow_ups.owner,
+            owner=owner or self._follow_up_owner(reason, policy),
         )
+
+    @staticmethod
+    def _follow_up_owner(reason: str, policy: Policy) -> str:
+        """Who owns a follow-up nobody is named for: the disputes' owner or the ledger's."""
+        if reason.startswith(("dispute_", "chargeback_")):
+            return policy.disputes.owner
+        return policy.follow_ups.owner
 
     def _open_follow_up(self, subject_id: str) -> bool:
         return any(
@@ -778,7 +802,7 @@ class OverpaymentHandling:
         for follow_up_id, item in list(self.follow_ups.items()):
             if item["status"] != "open":
                 continue
-            settled = self._settled(item["reason"], item["subject_id"])
+            settled = self._settled(item)
             if settled is not None:
                 self._decide(
                     ev.FollowUpClosed,
@@ -789,8 +813,9 @@ class OverpaymentHandling:
                     reason=settled,
                 )
 
-    def _settled(self, reason: str, subject_id: str) -> str | None:
+    def _settled(self, item: dict[str, Any]) -> str | None:
         """Why a follow-up's subject needs no more contact, or None while it still does."""
+        reason, subject_id = item["reason"], item["subject_id"]
         if reason == "refund_retries_exhausted":
             refund = self.refunds.get(subject_id)
             overpayment = self.overpayments[refund["overpayment_id"]] if refund else None
@@ -801,6 +826,8 @@ class OverpaymentHandling:
             if not self.overpayments[subject_id]["places"].get("next_bill"):
                 return "the credit has been applied"
             return None
+        if reason.startswith(("dispute_", "chargeback_")):
+            return self.dispute_settled(item)
         return None
 
     # ----------------------------------------------------------------- shared checks
@@ -822,8 +849,8 @@ class OverpaymentHandling:
 
     @staticmethod
     def _authorize(actor: Actor, action: str, amount_minor: int, policy: Policy) -> None:
-        if actor.role == SCHEDULER:
-            raise UnauthorizedError("only the scheduler's own firings act as the scheduler")
+        if actor.role in (SCHEDULER, PROCESSOR):
+            raise UnauthorizedError(f"{actor.role}: no staff authority")
         if not policy.may(actor.role, action, amount_minor):
             allowed = policy.roles_that_may(action, amount_minor)
             needs = " or ".join(allowed) if allowed else "no role under this policy"

@@ -182,7 +182,9 @@ class RefundRequested(Decision):
     TOPIC = "refund_requested"
 
     refund_id: str
-    overpayment_id: str
+    overpayment_id: str | None
+    dispute_id: str | None
+    """A bill decided in the customer's favour refunds what was paid of it (no overpayment)."""
     payment_id: str
     method: str
     amount_minor: int
@@ -194,6 +196,8 @@ class RefundRequested(Decision):
         """Track the refund; a retry supersedes the failed attempt."""
         aggregate.refunds[self.refund_id] = {
             "overpayment_id": self.overpayment_id,
+            "dispute_id": self.dispute_id,
+            "payment_id": self.payment_id,
             "amount": self.amount_minor,
             "attempt": self.attempt,
             "status": "requested",
@@ -201,7 +205,8 @@ class RefundRequested(Decision):
         }
         if self.retry_of is not None:
             aggregate.refunds[self.retry_of]["status"] = "retried"
-        aggregate.overpayments[self.overpayment_id]["refund_id"] = self.refund_id
+        if self.overpayment_id is not None:
+            aggregate.overpayments[self.overpayment_id]["refund_id"] = self.refund_id
 
 
 class RefundSettled(AccountEvent):
@@ -210,7 +215,7 @@ class RefundSettled(AccountEvent):
     TOPIC = "refund_settled"
 
     refund_id: str
-    overpayment_id: str
+    overpayment_id: str | None
     amount_minor: int
     source: str
     source_event_id: str
@@ -227,7 +232,7 @@ class RefundFailed(AccountEvent):
     TOPIC = "refund_failed"
 
     refund_id: str
-    overpayment_id: str
+    overpayment_id: str | None
     reason: str
     attempt: int
     retry_at: str | None
@@ -389,6 +394,7 @@ class FollowUpRaised(Decision):
             "owner": self.owner,
             "contacts": 0,
             "status": "open",
+            "raised_at": self.timestamp.isoformat(),
         }
 
 
@@ -461,10 +467,9 @@ PROTOCOL_EVENTS: Final[tuple[type[AccountEvent], ...]] = (
 """Every protocol event that can be stored (the registry in `event_names` lists them)."""
 
 
-def _register() -> None:
-    """Register the protocol events' stable names with the library (nested events of an
-    aggregate are registered by its metaclass; these live at module level)."""
-    classes: tuple[type[AccountEvent], ...] = (AccountEvent, Decision, *PROTOCOL_EVENTS)
+def register_events(classes: tuple[type[AccountEvent], ...]) -> None:
+    """Register events' stable names with the library (nested events of an aggregate are
+    registered by its metaclass; these live at module level)."""
     for cls in classes:
         try:
             resolved = resolve_topic(cls.TOPIC)
@@ -475,4 +480,4 @@ def _register() -> None:
             raise TopicError(f"event name {cls.TOPIC} is taken by {resolved}")
 
 
-_register()
+register_events((AccountEvent, Decision, *PROTOCOL_EVENTS))

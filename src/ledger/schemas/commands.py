@@ -20,13 +20,22 @@ from typing import Annotated, Final, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
-from ledger.schemas.inbound import Identifier, Text, Timestamp, parse_message
+from ledger.schemas.inbound import Date, Identifier, MoneyIn, Text, Timestamp, parse_message
 
 OUTCOME_HEADER: Final = "ledger-reply"
 """A command carrying this header (value `outcome`) is answered by its recorded outcome; a
 refusal then goes no dead letter (its caller is waiting for it)."""
 
-ITEM_KINDS: Final = ("escrow_expiry", "refund_retry", "self_correction", "follow_up", "dormancy")
+ITEM_KINDS: Final = (
+    "escrow_expiry",
+    "refund_retry",
+    "self_correction",
+    "follow_up",
+    "dormancy",
+    "dispute_update",
+    "installment_due",
+    "deferral_end",
+)
 """What the scheduler fires."""
 
 Resolution = Literal["credit", "refund", "escrow", "coupon", "store_credit", "cancel_and_refund"]
@@ -139,7 +148,16 @@ class FireIn(_CommandIn):
     """The scheduler: an item came due (`attempt` for retries)."""
 
     type: Literal["schedule.fire"]
-    item: Literal["escrow_expiry", "refund_retry", "self_correction", "follow_up", "dormancy"]
+    item: Literal[
+        "escrow_expiry",
+        "refund_retry",
+        "self_correction",
+        "follow_up",
+        "dormancy",
+        "dispute_update",
+        "installment_due",
+        "deferral_end",
+    ]
     item_id: Identifier
     due_at: Identifier
     attempt: int | None = Field(default=None, ge=1)
@@ -149,13 +167,118 @@ class FireIn(_CommandIn):
         return () if self.item == "dormancy" else (self.item_id,)
 
 
+StaffChannel = Literal["phone", "email", "chat", "social"]
+
+
+class OpenDisputeIn(_CommandIn):
+    """A customer disputes a bill through a channel (chargebacks come from processors)."""
+
+    type: Literal["dispute.open"]
+    channel: StaffChannel
+    reason: Text
+    amount: MoneyIn
+    invoice_id: Identifier | None = None
+    payment_id: Identifier | None = None
+
+
+class _DisputeCommandIn(_CommandIn):
+    dispute_id: Identifier
+
+    def named_ids(self) -> tuple[str, ...]:
+        """The dispute."""
+        return (self.dispute_id,)
+
+
+class AssignDisputeIn(_DisputeCommandIn):
+    """A dedicated representative for the dispute."""
+
+    type: Literal["dispute.assign"]
+    rep: Identifier
+
+
+class LogContactIn(_DisputeCommandIn):
+    """One contact with the customer (the summary and promise are personal data)."""
+
+    type: Literal["dispute.log"]
+    channel: StaffChannel
+    direction: Literal["in", "out"]
+    summary: Text
+    promise: Text | None = None
+    promise_by: Date | None = None
+
+
+class InstallmentIn(BaseModel):
+    """One installment of a plan."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    due_date: Date
+    amount_minor: int = Field(ge=1)
+
+
+class PlanDisputeIn(_DisputeCommandIn):
+    """An installment plan for what is owed in the dispute (any part forgiven written off)."""
+
+    type: Literal["dispute.plan"]
+    installments: tuple[InstallmentIn, ...] = Field(min_length=1, max_length=120)
+    forgiven_minor: int = Field(default=0, ge=0)
+
+
+class DeferDisputeIn(_DisputeCommandIn):
+    """Defer payment of the disputed amount."""
+
+    type: Literal["dispute.defer"]
+    until: Date
+
+
+class EscalateDisputeIn(_DisputeCommandIn):
+    """Hand the dispute up to a role."""
+
+    type: Literal["dispute.escalate"]
+    to_role: Identifier
+    reason: Text | None = None
+
+
+class AdjustDisputeIn(_DisputeCommandIn):
+    """Write off part of a disputed bill."""
+
+    type: Literal["dispute.adjust"]
+    amount_minor: int = Field(ge=1)
+    reason: Text
+
+
+class ResolveDisputeIn(_DisputeCommandIn):
+    """Decide a disputed bill."""
+
+    type: Literal["dispute.resolve"]
+    outcome: Literal["customer_favour", "upheld", "withdrawn"]
+    settlement: Literal["refund", "credit"] | None = None
+
+
+class DisputeFeedbackIn(_DisputeCommandIn):
+    """The customer's feedback after resolution (the comment is personal data)."""
+
+    type: Literal["dispute.feedback"]
+    score: int = Field(ge=1, le=5)
+    comment: Text | None = None
+
+
 StaffCommand = Annotated[
     VerifyOverpaymentIn
     | RejectOverpaymentIn
     | ResolveOverpaymentIn
     | RetryRefundIn
     | ReleaseEscrowIn
-    | FireIn,
+    | FireIn
+    | OpenDisputeIn
+    | AssignDisputeIn
+    | LogContactIn
+    | PlanDisputeIn
+    | DeferDisputeIn
+    | EscalateDisputeIn
+    | AdjustDisputeIn
+    | ResolveDisputeIn
+    | DisputeFeedbackIn,
     Field(discriminator="type"),
 ]
 """Any staff command, selected by its `type`."""
@@ -168,6 +291,15 @@ COMMAND_TYPES: Final[frozenset[str]] = frozenset(
         "refund.retry",
         "escrow.release",
         "schedule.fire",
+        "dispute.open",
+        "dispute.assign",
+        "dispute.log",
+        "dispute.plan",
+        "dispute.defer",
+        "dispute.escalate",
+        "dispute.adjust",
+        "dispute.resolve",
+        "dispute.feedback",
     }
 )
 
@@ -177,6 +309,8 @@ AUTHORITY_ACTIONS: Final[dict[str, str]] = {
     "overpayment.resolve": "resolve",
     "refund.retry": "resolve",
     "escrow.release": "release",
+    "dispute.adjust": "adjust",
+    "dispute.plan": "plan",
 }
 """The authority-table action each staff command needs (the scheduler's firings need none)."""
 

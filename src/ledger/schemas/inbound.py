@@ -250,6 +250,15 @@ class CreditRedeemedIn(_CommonIn):
     invoice_id: Identifier | None = None
 
 
+class FeedbackReceivedIn(_CommonIn):
+    """The customer's feedback on a dispute, from the processor's survey."""
+
+    type: Literal["feedback.received"]
+    dispute_id: Identifier
+    score: int = Field(ge=1, le=5)
+    comment: Text | None = None
+
+
 InboundEvent = Annotated[
     AccountOpenedIn
     | InvoiceIssuedIn
@@ -261,7 +270,8 @@ InboundEvent = Annotated[
     | PaymentReturnedIn
     | InvoiceVoidedIn
     | CouponRedeemedIn
-    | CreditRedeemedIn,
+    | CreditRedeemedIn
+    | FeedbackReceivedIn,
     Field(discriminator="type"),
 ]
 """Any inbound payment event, selected by its `type`."""
@@ -279,6 +289,7 @@ INBOUND_TYPES: Final[frozenset[str]] = frozenset(
         "invoice.voided",
         "coupon.redeemed",
         "credit.redeemed",
+        "feedback.received",
     }
 )
 """Every `type` of contract version 1 (the last four added with the overpayment protocol)."""
