@@ -1,5 +1,6 @@
 """The CLI's staff verbs: `ledger overpayments verify|reject|resolve`, `ledger refunds retry`,
-`ledger escrow release` (registered on `ledger.cli`'s apps; see `ledger.staff` for the flow).
+`ledger escrow release` (registered on `ledger.cli`'s apps; see `ledger.staff` for the flow);
+the dispute verbs are in `ledger.cli_disputes`.
 
 Exit codes: 0 accepted, 2 refused (the reason on stderr), 3 no outcome within `--timeout` (the
 command id is printed; run the same command with `--command-id ID` to wait again).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import typer
@@ -30,6 +32,8 @@ refunds_app = typer.Typer(help="Refunds: retry a failed one by hand.", rich_mark
 app.add_typer(refunds_app, name="refunds")
 escrow_app = typer.Typer(help="Escrow holds: release one.", rich_markup_mode=None)
 app.add_typer(escrow_app, name="escrow")
+disputes_app = typer.Typer(help="Disputes: staff verbs act on them.", rich_markup_mode=None)
+app.add_typer(disputes_app, name="disputes")
 
 ActorOption = Annotated[
     str | None, typer.Option("--actor", help="Who acts (default: LEDGER_ACTOR).")
@@ -45,8 +49,22 @@ CommandTimeoutOption = Annotated[
     float, typer.Option("--timeout", help="Longest wait in seconds for the outcome.")
 ]
 
-Lookup = Callable[[Database], int]
-"""Finds the command's target in the read model (refused if absent); the amount at stake."""
+Authority = tuple[tuple[str, int], ...]
+"""(action, amount in minor units) pairs a command needs of the authority table."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the read model says a command needs: fields only it can give (amounts in the
+    target's currency) and the authority the command needs (None: its type's own action)."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    authority: Authority | None = None
+
+
+Lookup = Callable[[Database], int | Target]
+"""Finds the command's target in the read model (refused if absent): the amount at stake, or
+what the command needs (`Target`)."""
 
 
 def _overpayment_amount(overpayment_id: str, place: str | None) -> Lookup:
@@ -92,8 +110,11 @@ def submit(
     command_id: str | None,
     timeout: float,
     json_output: bool,
+    account_id: str | None = None,
 ) -> None:
-    """Check, publish and wait for one staff command; exit with the design's codes."""
+    """Check, publish and wait for one staff command; exit with the design's codes.
+
+    `account_id` is the target's account when `item_id` is not an id that embeds it."""
     from ledger.domain.overpayments import account_of
     from ledger.kafka.clients import ResilientProducer
     from ledger.kafka.topics import LEDGER_COMMANDS
@@ -114,19 +135,27 @@ def submit(
     role = role or settings.role
     if not actor or not role:
         raise Refused("who acts? pass --actor and --role, or set LEDGER_ACTOR and LEDGER_ROLE")
-    try:
-        account_id = account_of(item_id)
-    except ValueError as error:
-        raise Refused(str(error)) from error
+    if account_id is None:
+        try:
+            account_id = account_of(item_id)
+        except ValueError as error:
+            raise Refused(str(error)) from error
     policy = load_policy(settings.policy)
     database = open_for_query(settings.database_url)
     try:
         check_schema(database)
-        amount = lookup(database)
+        found = lookup(database)
+        target = found if isinstance(found, Target) else Target()
         request = StaffCommandRequest(
-            command_type, account_id, fields, actor, role, command_id=command_id
+            command_type,
+            account_id,
+            {**fields, **target.fields},
+            actor,
+            role,
+            command_id=command_id,
         )
-        checked = check_command(request, policy, amount)
+        amount = found if isinstance(found, int) else None
+        checked = check_command(request, policy, amount, authority=target.authority)
         outcome = None
         if command_id is not None:
             outcome = existing_outcome(database, account_id, checked.command_id)
@@ -308,3 +337,6 @@ def escrow_release(
         timeout=timeout,
         json_output=json_output,
     )
+
+
+import ledger.cli_disputes  # noqa: E402, F401  (registers the dispute verbs on disputes_app)

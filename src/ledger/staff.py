@@ -72,10 +72,22 @@ class CheckedCommand:
     body_sha256: str
 
 
+Authority = tuple[tuple[str, int], ...]
+"""What a command needs of the authority table: (action, amount in minor units) pairs."""
+
+
 def check_command(
-    request: StaffCommandRequest, policy: Policy, amount_minor: int | None
+    request: StaffCommandRequest,
+    policy: Policy,
+    amount_minor: int | None,
+    *,
+    authority: Authority | None = None,
 ) -> CheckedCommand:
-    """The command ready to publish, refused (StaffRefused) if its shape or actor is wrong."""
+    """The command ready to publish, refused (StaffRefused) if its shape or actor is wrong.
+
+    `authority` names what the command needs when it depends on the command's fields (a plan's
+    forgiven part, a dispute decided in the customer's favour); otherwise the command type's own
+    action (`AUTHORITY_ACTIONS`) on `amount_minor` is checked."""
     if request.role not in ROLES:
         raise StaffRefused(f"unknown role {request.role!r}: one of {', '.join(ROLES)}")
     raw = orjson.dumps(request.document())
@@ -83,19 +95,26 @@ def check_command(
         command = parse_command(raw)
     except InboundRejected as rejected:
         raise StaffRefused(rejected.reason) from rejected
-    action = AUTHORITY_ACTIONS.get(request.command_type)
-    if (
-        action is not None
-        and amount_minor is not None
-        and not policy.may(request.role, action, amount_minor)
-    ):
-        allowed = policy.roles_that_may(action, amount_minor)
-        needs = " or ".join(allowed) if allowed else "no role under this policy"
-        raise StaffRefused(
-            f"unauthorized: {request.actor_id} ({request.role}) may not {action}"
-            f" {amount_minor} minor units; needs {needs}"
-        )
+    if authority is None:
+        action = AUTHORITY_ACTIONS.get(request.command_type)
+        authority = () if action is None or amount_minor is None else ((action, amount_minor),)
+    for action, amount in authority:
+        check_authority(request, policy, action, amount)
     return CheckedCommand(command.command_id, command.account_id, raw, command.body_sha256())
+
+
+def check_authority(
+    request: StaffCommandRequest, policy: Policy, action: str, amount_minor: int
+) -> None:
+    """Refuse (StaffRefused) an action above the actor's authority, naming the roles that may."""
+    if policy.may(request.role, action, amount_minor):
+        return
+    allowed = policy.roles_that_may(action, amount_minor)
+    needs = " or ".join(allowed) if allowed else "no role under this policy"
+    raise StaffRefused(
+        f"unauthorized: {request.actor_id} ({request.role}) may not {action}"
+        f" {amount_minor} minor units; needs {needs}"
+    )
 
 
 def check_schema(database: Database) -> None:

@@ -15,6 +15,7 @@ from ledger.domain.money import (
     MoneyError,
     check_currency,
     minor_unit_exponent,
+    parse_major_units,
 )
 from tests.hypothesis_settings import max_examples
 
@@ -168,3 +169,42 @@ def test_min_is_one_of_the_two_and_not_larger(a: int, b: int, currency: str) -> 
     smallest = first.min(second)
     assert smallest in (first, second)
     assert smallest <= first and smallest <= second
+
+
+@pytest.mark.parametrize(
+    ("text", "currency", "amount_minor"),
+    [
+        ("120.00", "USD", 12_000),
+        ("120", "USD", 12_000),
+        ("0.5", "USD", 50),
+        (".05", "USD", 5),
+        ("500", "JPY", 500),
+        ("1.005", "KWD", 1_005),
+        ("1.5", "KWD", 1_500),
+    ],
+)
+def test_major_units_typed_convert_by_the_currency_exponent(
+    text: str, currency: str, amount_minor: int
+) -> None:
+    assert parse_major_units(text, currency) == amount_minor
+
+
+@pytest.mark.parametrize(
+    ("text", "currency", "reason"),
+    [
+        ("1.001", "USD", "3 decimals; USD has 2"),
+        ("1.5", "JPY", "1 decimals; JPY has 0"),
+        ("-1.00", "USD", "not an amount"),
+        ("1e3", "USD", "not an amount"),
+        ("1.", "USD", "not an amount"),
+        ("", "USD", "not an amount"),
+        ("1,00", "EUR", "not an amount"),
+        ("\u0661\u0662", "USD", "not an amount"),
+        ("10000000000000.01", "USD", "largest amount"),
+    ],
+)
+def test_malformed_or_too_precise_amounts_are_refused(
+    text: str, currency: str, reason: str
+) -> None:
+    with pytest.raises(MoneyError, match=reason):
+        parse_major_units(text, currency)

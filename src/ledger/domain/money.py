@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Self
 
+from ledger import limits
+
 
 def _codes(text: str) -> frozenset[str]:
     """Currency codes written as whitespace-separated words (a table, easy to review)."""
@@ -166,3 +168,20 @@ class Money:
             return f"{self.currency} {sign}{abs(self.amount_minor)}"
         major, minor = divmod(abs(self.amount_minor), 10**exponent)
         return f"{self.currency} {sign}{major}.{minor:0{exponent}d}"
+
+
+def parse_major_units(text: str, currency: str) -> int:
+    """Minor units of a decimal amount typed in the currency's major unit ("120.00" USD is
+    12000, "500" JPY is 500); refuses a sign, an exponent, or more decimals than it has."""
+    exponent = minor_unit_exponent(currency)
+    whole, dot, fraction = text.strip().partition(".")
+    digits = bool(whole or fraction) and (whole + fraction).isascii()
+    if not digits or not (whole or "0").isdigit() or (dot and not fraction.isdigit()):
+        raise MoneyError(f"not an amount: {text!r} (digits, optionally a point and decimals)")
+    if len(fraction) > exponent:
+        raise MoneyError(f"{text!r} has {len(fraction)} decimals; {currency} has {exponent}")
+    scale: int = 10**exponent
+    amount_minor = int(whole or "0") * scale + int(fraction.ljust(exponent, "0") or "0")
+    if amount_minor > limits.amount_minor_max:
+        raise MoneyError(f"{text!r} is more than the largest amount ({limits.amount_minor_max})")
+    return amount_minor
