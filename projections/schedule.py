@@ -11,6 +11,14 @@ event changes rows by key and a batch folds its changes in memory before writing
 - self-correction: complete `overpayment_verified` with `self_correct_at`; done at the
   overpayment's `overpayment_resolved` or `overpayment_rejected`.
 - follow-up: `follow_up_raised`, moved by `follow_up_due`; done at `follow_up_closed`.
+- dispute status update, per dispute: due at `dispute_opened`'s `update_due`, moved by an
+  outbound `dispute_contact_logged` or a `dispute_status_update` (`next_update_due`); done at
+  `dispute_resolved`.
+- installment, per installment (`<dispute id>#<index>`; attempt: index + 1): due at the end of
+  its due date (the scheduler adds the policy's grace); done once paid in full
+  (`dispute_installments_paid`), missed (`dispute_installment_missed`) or the dispute resolved.
+- deferral end, per dispute: due once `dispute_deferred`'s date has passed; done when its
+  follow-up is raised, a plan is agreed, or the dispute is resolved.
 - dormancy, per account (`rm_dormancy`): the jurisdiction, the last customer activity (when the
   processor says an opening, payment or redemption happened; never moved back by a late fact),
   the credit owed (customer_credit and escrow, from the postings) and the escheatments so far.
@@ -21,12 +29,13 @@ An item is done when the event its firing causes is recorded, never when it is f
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from eventsourcing.persistence import Notification
 
 from ledger.clock import epoch_us
+from ledger.domain import dispute_events as dv
 from ledger.domain import protocol_events as ev
 from ledger.domain.account import Account
 from ledger.domain.event_names import EVENT_CLASSES, event_name
@@ -35,10 +44,13 @@ from ledger.persistence.database import Cursor, Database
 from ledger.persistence.mapper import current_state
 from ledger.projection import Generation
 from projections.schedule_tables import (
+    DEFERRAL_END,
+    DISPUTE_UPDATE,
     DORMANCY,
     DORMANCY_DUE_INDEX,
     ESCROW_EXPIRY,
     FOLLOW_UP,
+    INSTALLMENT_DUE,
     ITEMS,
     ITEMS_DUE_INDEX,
     NAME,
@@ -56,8 +68,9 @@ ITEM_COLUMNS = (
     "due_us",
     "attempt",
     "done",
+    "left_minor",
 )
-ITEM_TYPES = ("text", "text", "text", "text", "text", "bigint", "integer", "integer")
+ITEM_TYPES = ("text", "text", "text", "text", "text", "bigint", "integer", "integer", "bigint")
 DORMANCY_COLUMNS = (
     "account_id",
     "jurisdiction",
@@ -100,17 +113,57 @@ class Changes:
         """New due times of items created before this batch."""
         self.done: set[ItemKey] = set()
         """Items created before this batch that are done now."""
+        self.paid: dict[ItemKey, int] = {}
+        """Amounts paid of installments created before this batch."""
+        self.done_of: set[tuple[str, str]] = set()
+        """(kind, item id) whose every item created before this batch is done now."""
         self.dormancy: dict[str, list[Any]] = {}
 
     def item(
-        self, kind: str, subject_id: str, item_id: str, account_id: str, due_at: str, attempt: int
+        self,
+        kind: str,
+        subject_id: str,
+        item_id: str,
+        account_id: str,
+        due_at: str,
+        attempt: int,
+        left_minor: int = 0,
     ) -> None:
         """A new item (or a new round of one, such as the next failed refund): not done."""
         due_us = epoch_us(datetime.fromisoformat(due_at))
         key = (kind, subject_id)
-        self.rows[key] = [kind, subject_id, item_id, account_id, due_at, due_us, attempt, 0]
+        self.rows[key] = [
+            kind,
+            subject_id,
+            item_id,
+            account_id,
+            due_at,
+            due_us,
+            attempt,
+            0,
+            left_minor,
+        ]
         self.due.pop(key, None)
         self.done.discard(key)
+        self.paid.pop(key, None)
+
+    def pay(self, kind: str, subject_id: str, amount_minor: int) -> None:
+        """Part of an installment is paid; it is done once nothing is left."""
+        row = self.rows.get((kind, subject_id))
+        if row is not None:
+            row[8] -= amount_minor
+            if row[8] <= 0:
+                row[7] = 1
+        else:
+            key = (kind, subject_id)
+            self.paid[key] = self.paid.get(key, 0) + amount_minor
+
+    def finish_every(self, kind: str, item_id: str) -> None:
+        """Every item of this kind naming `item_id` is done (a dispute's installments)."""
+        for row in self.rows.values():
+            if row[0] == kind and row[2] == item_id:
+                row[7] = 1
+        self.done_of.add((kind, item_id))
 
     def move_due(self, kind: str, subject_id: str, due_at: str) -> None:
         """An item is due again at a later time (a follow-up's next contact)."""
@@ -197,10 +250,74 @@ def fold_event(batch: Changes, type_name: str, state: dict[str, Any]) -> None:
     elif type_name == ev.FollowUpRaised.TOPIC:
         follow_up_id = state["follow_up_id"]
         batch.item(FOLLOW_UP, follow_up_id, follow_up_id, account_id, state["due_at"], 0)
+        if state.get("reason") == "dispute_deferral_ended":
+            batch.finish(DEFERRAL_END, state["subject_id"])
     elif type_name == ev.FollowUpDue.TOPIC:
         batch.move_due(FOLLOW_UP, state["follow_up_id"], state["due_at"])
     elif type_name == ev.FollowUpClosed.TOPIC:
         batch.finish(FOLLOW_UP, state["follow_up_id"])
+    elif type_name in DISPUTE_TYPES:
+        fold_dispute_event(batch, type_name, state)
+
+
+DISPUTE_TYPES = frozenset(
+    {
+        dv.DisputeOpened.TOPIC,
+        dv.ContactLogged.TOPIC,
+        dv.DisputeStatusUpdate.TOPIC,
+        dv.PlanAgreed.TOPIC,
+        dv.InstallmentsPaid.TOPIC,
+        dv.InstallmentMissed.TOPIC,
+        dv.DisputeDeferred.TOPIC,
+        dv.DisputeResolved.TOPIC,
+    }
+)
+"""Dispute events that create, move or finish the dispute's timed items."""
+
+
+def _end_of_day(day: str) -> str:
+    """The last moment of a date (UTC): an installment is due through its whole day."""
+    return datetime.combine(date.fromisoformat(day), time.max, tzinfo=UTC).isoformat()
+
+
+def _day_after(day: str) -> str:
+    """The first moment after a date (UTC): when a deferral until that date has ended."""
+    return datetime.combine(date.fromisoformat(day) + timedelta(days=1), time(), UTC).isoformat()
+
+
+def installment_subject(dispute_id: str, index: int) -> str:
+    """The schedule key of one installment of a dispute's plan."""
+    return f"{dispute_id}#{index}"
+
+
+def fold_dispute_event(batch: Changes, type_name: str, state: dict[str, Any]) -> None:
+    """Fold one dispute event's changes to its status updates, installments and deferral."""
+    account_id: str = state["account_id"]
+    dispute_id: str = state["dispute_id"]
+    if type_name == dv.DisputeOpened.TOPIC:
+        batch.item(DISPUTE_UPDATE, dispute_id, dispute_id, account_id, state["update_due"], 0)
+    elif type_name in (dv.ContactLogged.TOPIC, dv.DisputeStatusUpdate.TOPIC):
+        if state["next_update_due"] is not None:  # an inbound contact is no update
+            batch.move_due(DISPUTE_UPDATE, dispute_id, state["next_update_due"])
+    elif type_name == dv.PlanAgreed.TOPIC:
+        batch.finish(DEFERRAL_END, dispute_id)
+        for index, (due, amount_minor) in enumerate(state["installments"]):
+            subject = installment_subject(dispute_id, index)
+            due_at = _end_of_day(due)
+            batch.item(
+                INSTALLMENT_DUE, subject, dispute_id, account_id, due_at, index + 1, amount_minor
+            )
+    elif type_name == dv.InstallmentsPaid.TOPIC:
+        for index, amount_minor, _late in state["paid"]:
+            batch.pay(INSTALLMENT_DUE, installment_subject(dispute_id, index), amount_minor)
+    elif type_name == dv.InstallmentMissed.TOPIC:
+        batch.finish(INSTALLMENT_DUE, installment_subject(dispute_id, state["index"]))
+    elif type_name == dv.DisputeDeferred.TOPIC:
+        batch.item(DEFERRAL_END, dispute_id, dispute_id, account_id, _day_after(state["until"]), 0)
+    elif type_name == dv.DisputeResolved.TOPIC:
+        batch.finish(DISPUTE_UPDATE, dispute_id)
+        batch.finish(DEFERRAL_END, dispute_id)
+        batch.finish_every(INSTALLMENT_DUE, dispute_id)
 
 
 class ScheduleProjection:
@@ -216,7 +333,7 @@ class ScheduleProjection:
             f"CREATE TABLE IF NOT EXISTS {generation.table(ITEMS)} ("
             "kind TEXT NOT NULL, subject_id TEXT NOT NULL, item_id TEXT NOT NULL,"
             " account_id TEXT NOT NULL, due_at TEXT NOT NULL, due_us BIGINT NOT NULL,"
-            " attempt INTEGER NOT NULL, done INTEGER NOT NULL,"
+            " attempt INTEGER NOT NULL, done INTEGER NOT NULL, left_minor BIGINT NOT NULL,"
             " PRIMARY KEY (kind, subject_id))",
             f"CREATE TABLE IF NOT EXISTS {generation.table(DORMANCY)} ("
             "account_id TEXT PRIMARY KEY, jurisdiction TEXT NOT NULL,"
@@ -255,17 +372,29 @@ class ScheduleProjection:
             suffix="ON CONFLICT (kind, subject_id) DO UPDATE SET"
             " item_id = excluded.item_id, account_id = excluded.account_id,"
             " due_at = excluded.due_at, due_us = excluded.due_us,"
-            " attempt = excluded.attempt, done = excluded.done",
+            " attempt = excluded.attempt, done = excluded.done, left_minor = excluded.left_minor",
         )
         if batch.due:
             cursor.executemany(
                 f"UPDATE {items} SET due_at = %s, due_us = %s WHERE kind = %s AND subject_id = %s",
                 [(at, us, kind, subject) for (kind, subject), (at, us) in batch.due.items()],
             )
+        if batch.paid:
+            cursor.executemany(
+                f"UPDATE {items} SET left_minor = left_minor - %s,"
+                " done = CASE WHEN left_minor - %s <= 0 THEN 1 ELSE done END"
+                " WHERE kind = %s AND subject_id = %s",
+                [(paid, paid, kind, subject) for (kind, subject), paid in batch.paid.items()],
+            )
         if batch.done:
             cursor.executemany(
                 f"UPDATE {items} SET done = 1 WHERE kind = %s AND subject_id = %s",
                 sorted(batch.done),
+            )
+        if batch.done_of:
+            cursor.executemany(
+                f"UPDATE {items} SET done = 1 WHERE kind = %s AND item_id = %s",
+                sorted(batch.done_of),
             )
         dormancy = generation.table(DORMANCY)
         database.insert_rows(

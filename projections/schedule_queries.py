@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from ledger.clock import epoch_us
 from ledger.generations import Live, read_live
 from ledger.persistence.database import Cursor, Database
-from projections.schedule_tables import DORMANCY, DORMANCY_ITEM, ITEMS, NAME
+from projections.schedule_tables import DORMANCY, DORMANCY_ITEM, INSTALLMENT_DUE, ITEMS, NAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,17 +42,24 @@ def _us(period: timedelta) -> int:
 
 
 def due_items(
-    database: Database, now: datetime, dormancy: DormancyPeriods, *, limit: int
+    database: Database,
+    now: datetime,
+    dormancy: DormancyPeriods,
+    *,
+    limit: int,
+    installment_grace: timedelta = timedelta(0),
 ) -> list[DueItem]:
-    """At most `limit` items due at `now` and not done, oldest due first."""
+    """At most `limit` items due at `now` and not done, oldest due first; an installment is
+    fired once `installment_grace` has passed after its due time (it is missed only then)."""
     now_us = epoch_us(now)
 
     def query(cursor: Cursor, live: Live) -> list[DueItem]:
         cursor.execute(
             "SELECT kind, item_id, account_id, due_at, due_us, attempt"
             f" FROM {live.generation.table(ITEMS)}"
-            " WHERE done = 0 AND due_us <= %s ORDER BY due_us, kind, subject_id LIMIT %s",
-            (now_us, limit),
+            " WHERE done = 0 AND due_us <= %s AND (kind <> %s OR due_us <= %s)"
+            " ORDER BY due_us, kind, subject_id LIMIT %s",
+            (now_us, INSTALLMENT_DUE, now_us - _us(installment_grace), limit),
         )
         found = [
             DueItem(kind, item_id, account_id, due_at, int(due_us), int(attempt) or None)

@@ -7,8 +7,9 @@ from typing import Final
 NAME: Final = "schedule"
 
 ITEMS: Final = "rm_schedule"
-"""One row per timed item of an overpayment or follow-up: its kind, the id a firing names, the
-account, the due time, the attempt (refund retries), and whether it is done."""
+"""One row per timed item of an overpayment, a dispute or a follow-up: its kind, the id a firing
+names, the account, the due time, the attempt (refund retries; an installment's number), whether
+it is done, and what is left to pay of an installment."""
 DORMANCY: Final = "rm_dormancy"
 """One row per account: jurisdiction, last customer activity, credit owed, escheatments so far.
 Its due time depends on the policy's dormancy period, so the scheduler computes it."""
@@ -21,3 +22,6 @@ REFUND_RETRY: Final = "refund_retry"
 SELF_CORRECTION: Final = "self_correction"
 FOLLOW_UP: Final = "follow_up"
 DORMANCY_ITEM: Final = "dormancy"
+DISPUTE_UPDATE: Final = "dispute_update"
+INSTALLMENT_DUE: Final = "installment_due"
+DEFERRAL_END: Final = "deferral_end"

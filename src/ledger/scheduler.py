@@ -1,7 +1,8 @@
 """The scheduler: publishes a `schedule.fire` command for every item that came due.
 
 It reads the schedule read model (`projections.schedule`) for items due at the clock's now and
-not done, oldest first, and publishes each on `ledger.commands`, keyed by its account id, with
+not done (a dispute's installment once the policy's grace has passed too), oldest first, and
+publishes each on `ledger.commands`, keyed by its account id, with
 the command id derived from the item (`firing_command_id`). It never writes an account: the
 account worker applies the firing, and the event it causes marks the item done in the read
 model. So an item still not done `limits.scheduler_refire_interval_s` after its firing went out
@@ -87,6 +88,7 @@ class Scheduler:
         self.topic = topic
         self.firings_per_pass_max = firings_per_pass_max
         self.periods = dormancy_periods(policy)
+        self.installment_grace = policy.disputes.installment_grace
         self.published: OrderedDict[str, datetime] = OrderedDict()
         """Command id -> when it was last published (oldest first)."""
 
@@ -104,6 +106,7 @@ class Scheduler:
             now,
             self.periods,
             limit=self.firings_per_pass_max + len(self.published),
+            installment_grace=self.installment_grace,
         )
         outgoing: list[tuple[str, DueItem]] = []
         waiting = 0

@@ -303,3 +303,98 @@ def test_dormant_credit_is_escheated_once(ledger: Ledger) -> None:
     assert (d["customer_credit"], d["escheat_payable"]) == (0, 25_000)
     assert ledger.history_types("D")[-1] == "credit_escheated"
     assert ledger.scheduler().run_pass() == 0
+
+
+def fire_new(ledger: Ledger, seen: set[str], kind: str) -> list[dict[str, Any]]:
+    """One scheduler pass, its new firings applied (as the account worker would): those of
+    `kind`."""
+    ledger.scheduler().run_pass()
+    fresh = [orjson.loads(r.value) for r in ledger.published()]
+    fresh = [f for f in fresh if f["command_id"] not in seen]
+    seen.update(f["command_id"] for f in fresh)
+    if fresh:
+        ledger.command([orjson.dumps(f) for f in fresh])
+        ledger.project()
+    return [f for f in fresh if f["item"] == kind]
+
+
+def to(ledger: Ledger, moment: datetime) -> None:
+    ledger.clock.advance(moment - ledger.clock.now())
+
+
+def test_dispute_updates_installments_and_deferrals_fire_when_due(ledger: Ledger) -> None:
+    grace = POLICY.disputes.installment_grace
+    update_every = POLICY.dispute_sla("phone").update_every
+    refire = timedelta(seconds=limits.scheduler_refire_interval_s + 1)
+    ledger.ingest([opened("DS-1", "DS", kind="retail"), invoice("DS-2", "DS", 12_000)])
+    ledger.ingest([opened("DF-1", "DF", kind="retail"), invoice("DF-2", "DF", 5_000)])
+    opening = {"channel": "phone", "reason": "billed twice"}
+    ds_amount = {"value": 12_000, "currency": "USD"}
+    df_amount = {"value": 5_000, "currency": "USD"}
+    ledger.command(
+        [
+            staff("DS", "dispute.open", "agent", **opening, amount=ds_amount),
+            staff("DF", "dispute.open", "agent", **opening, amount=df_amount),
+        ]
+    )
+    plan = [{"due_date": "2026-12-01", "amount_minor": 4_000}]
+    plan.append({"due_date": "2027-01-01", "amount_minor": 8_000})
+    ledger.command(
+        [
+            staff("DS", "dispute.plan", "agent", dispute_id="DS:dp:3", installments=plan),
+            staff("DF", "dispute.defer", "agent", dispute_id="DF:dp:3", until="2026-12-10"),
+        ]
+    )
+    ledger.project()
+    seen: set[str] = set()
+    assert fire_new(ledger, seen, "dispute_update") == []
+
+    # The status updates fall due: the customer is told, the next one is due an interval later.
+    ledger.clock.advance(update_every)
+    updates = fire_new(ledger, seen, "dispute_update")
+    due_at = (START + update_every).isoformat()
+    assert sorted((f["item_id"], f["due_at"]) for f in updates) == [
+        ("DF:dp:3", due_at),
+        ("DS:dp:3", due_at),
+    ]
+    assert ledger.history_types("DS").count("dispute_status_update") == 1
+    ledger.clock.advance(refire)
+    assert fire_new(ledger, seen, "dispute_update") == []
+
+    # The first installment: not fired within its grace; paid late, it is done.
+    to(ledger, datetime(2026, 12, 2, 12, 0, tzinfo=UTC))
+    assert fire_new(ledger, seen, "installment_due") == []
+    ledger.ingest([payment("DS-9", "DS", 4_000)])
+    ledger.project()
+    to(ledger, datetime(2026, 12, 1, 23, 59, 59, 999_999, tzinfo=UTC) + grace)
+    assert fire_new(ledger, seen, "installment_due") == []
+
+    # The deferral ends the day after its date: a follow-up, then done.
+    to(ledger, datetime(2026, 12, 11, 0, 0, tzinfo=UTC))
+    (ended,) = fire_new(ledger, seen, "deferral_end")
+    assert (ended["item_id"], ended["due_at"]) == ("DF:dp:3", "2026-12-11T00:00:00+00:00")
+    ledger.clock.advance(refire)
+    assert fire_new(ledger, seen, "deferral_end") == []
+
+    # The second installment unpaid past its grace: missed (a follow-up), fired once.
+    to(ledger, datetime(2027, 1, 1, 23, 59, 59, 999_999, tzinfo=UTC) + grace)
+    (due,) = fire_new(ledger, seen, "installment_due")
+    assert (due["item_id"], due["attempt"]) == ("DS:dp:3", 2)
+    assert due["due_at"] == "2027-01-01T23:59:59.999999+00:00"
+    assert ledger.history_types("DS").count("dispute_installment_missed") == 1
+    ledger.clock.advance(refire)
+    assert fire_new(ledger, seen, "installment_due") == []
+    # The books: 40.00 paid of the plan, 80.00 still owed on it, nothing held.
+    ds = ledger.balance("DS")
+    assert (ds["receivable"], ds["dispute_hold"], ds["cash"]) == (8_000, 0, 4_000)
+
+    # Paid in full, late: the dispute resolves; of its items nothing is due any more.
+    ledger.ingest([payment("DS-10", "DS", 8_000)])
+    ledger.project()
+    assert "dispute_resolved" in ledger.history_types("DS")
+    ledger.clock.advance(timedelta(days=30))
+    assert [f["item_id"] for f in fire_new(ledger, seen, "dispute_update")] == ["DF:dp:3"]
+    periods = dormancy_periods(POLICY)
+    pending = due_items(ledger.database, ledger.clock.now(), periods, limit=100)
+    assert [item for item in pending if item.kind != "follow_up"] == []
+    assert queries.trial_balance(ledger.database)["currencies"]["USD"]["total"] == 0

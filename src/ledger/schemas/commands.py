@@ -18,7 +18,15 @@ import uuid
 from typing import Annotated, Final, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 from ledger.schemas.inbound import Date, Identifier, MoneyIn, Text, Timestamp, parse_message
 
@@ -220,7 +228,10 @@ class PlanDisputeIn(_DisputeCommandIn):
     """An installment plan for what is owed in the dispute (any part forgiven written off)."""
 
     type: Literal["dispute.plan"]
-    installments: tuple[InstallmentIn, ...] = Field(min_length=1, max_length=120)
+    installments: Annotated[tuple[InstallmentIn, ...], Strict(False)] = Field(
+        min_length=1, max_length=120
+    )
+    """A JSON array (strict validation takes only a Python tuple for a tuple field)."""
     forgiven_minor: int = Field(default=0, ge=0)
 
 
