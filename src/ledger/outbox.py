@@ -1,9 +1,10 @@
 """The outbox relay: publishes stored domain events to `ledger.events`, in log order.
 
 It reads the event store's notification log after its own position, sends each event (and, for a
-detected overpayment, a customer notification request), flushes, and only then records the new
-position. A crash between the flush and the record re-sends one batch: at least once, and every
-message carries the same `ce_id` each time so downstream can de-duplicate.
+detected overpayment or a dispute's status change, a customer notification request), flushes,
+and only then records the new position (an escalation is internal: no notification). A crash
+between the flush and the record re-sends one batch: at least once, and every message carries
+the same `ce_id` each time so downstream can de-duplicate.
 
 A relay publishes one share of `ledger.events` (see `ledger.kafka.partitioning`): the events
 whose account id the client's partitioner puts in a partition of its share, sent to that
@@ -22,7 +23,13 @@ import orjson
 import structlog
 from eventsourcing.persistence import Notification
 
+from ledger import dispute_notifications as dn
 from ledger.domain.event_names import (
+    DISPUTE_DEFERRED,
+    DISPUTE_OPENED,
+    DISPUTE_PLAN_AGREED,
+    DISPUTE_RESOLVED,
+    DISPUTE_STATUS_UPDATE,
     OVERPAYMENT_DETECTED,
     OVERPAYMENT_RESOLVED,
     REFUND_REQUESTED,
@@ -98,6 +105,11 @@ ROUTES: Final[dict[str, tuple[Route, ...]]] = {
     OVERPAYMENT_DETECTED: (Route(LEDGER_NOTIFICATIONS, notification_request, "notification_id"),),
     OVERPAYMENT_RESOLVED: (Route(LEDGER_NOTIFICATIONS, coupon_notification, "notification_id"),),
     REFUND_REQUESTED: (Route(PAYMENTS_OUTBOUND, refund_request, "refund_id"),),
+    DISPUTE_OPENED: (Route(LEDGER_NOTIFICATIONS, dn.dispute_opened, "notification_id"),),
+    DISPUTE_PLAN_AGREED: (Route(LEDGER_NOTIFICATIONS, dn.plan_agreed, "notification_id"),),
+    DISPUTE_DEFERRED: (Route(LEDGER_NOTIFICATIONS, dn.dispute_deferred, "notification_id"),),
+    DISPUTE_STATUS_UPDATE: (Route(LEDGER_NOTIFICATIONS, dn.status_update, "notification_id"),),
+    DISPUTE_RESOLVED: (Route(LEDGER_NOTIFICATIONS, dn.dispute_resolved, "notification_id"),),
 }
 """Which events send what beyond `ledger.events` (every event goes there), by stable name."""
 

@@ -27,6 +27,11 @@ PAYMENT_RECEIVED: Final = Account.PaymentReceived.TOPIC
 OVERPAYMENT_DETECTED: Final = Account.OverpaymentDetected.TOPIC
 OVERPAYMENT_RESOLVED: Final = ev.OverpaymentResolved.TOPIC
 REFUND_REQUESTED: Final = ev.RefundRequested.TOPIC
+DISPUTE_OPENED: Final = dv.DisputeOpened.TOPIC
+DISPUTE_PLAN_AGREED: Final = dv.PlanAgreed.TOPIC
+DISPUTE_DEFERRED: Final = dv.DisputeDeferred.TOPIC
+DISPUTE_STATUS_UPDATE: Final = dv.DisputeStatusUpdate.TOPIC
+DISPUTE_RESOLVED: Final = dv.DisputeResolved.TOPIC
 
 _STORED_EVENTS: Final[tuple[type[Any], ...]] = (
     Account.Opened,
