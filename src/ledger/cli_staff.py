@@ -105,7 +105,7 @@ def submit(
         check_command,
         check_schema,
         existing_outcome,
-        outcome_headers,
+        publish_command,
         wait_for_outcome,
     )
 
@@ -137,13 +137,7 @@ def submit(
 
             producer = ResilientProducer(_bootstrap(settings))
             try:
-                producer.send(
-                    LEDGER_COMMANDS,
-                    key=account_id.encode(),
-                    value=checked.raw,
-                    headers=outcome_headers(),
-                )
-                producer.flush()
+                publish_command(producer, LEDGER_COMMANDS, checked)
             finally:
                 producer.close()
             outcome = wait_for_outcome(database, account_id, checked.command_id, timeout)
