@@ -416,3 +416,67 @@ def test_preparing_again_adds_a_table_the_live_generation_lacks(database_url: st
             assert cursor.fetchone()[0] == 0
     finally:
         database.close()
+
+
+def test_a_deferral_a_status_update_and_a_refund_in_the_customers_favour(
+    books: DisputeBooks, store: EventStore, database: Database
+) -> None:
+    from datetime import date
+
+    from tests.dispute_books import ANN, POLICY, SUE
+
+    account = books.open("D", 6_000)
+    books.pay(account, "pay-D", 2_000)
+    deferred = account.open_dispute(
+        channel="social",
+        reason="price rise",
+        amount_minor=6_000,
+        invoice_id="inv-D",
+        payment_id="pay-D",
+        actor=ANN,
+        policy=POLICY,
+        now=books.now,
+    )
+    books.save(account)
+    account.defer_dispute(
+        dispute_id=deferred, until=date(2027, 2, 1), actor=ANN, policy=POLICY, now=books.now
+    )
+    books.save(account)
+    due_at = account.disputes[deferred]["update_due"]
+    books.now = datetime.fromisoformat(due_at)
+    account.status_update_due(dispute_id=deferred, due_at=due_at, policy=POLICY, now=books.now)
+    books.save(account)
+    live = read_models.live(database, read_models.DISPUTES.name)
+    run_tail(store, live, threading.Event(), batch_max=2, until_caught_up=True)
+    row = dispute_queries.dispute(database, deferred)
+    assert (row["status"], row["deferred_until"], row["held"]) == ("deferred", "2027-02-01", 4_000)
+    assert row["next_step"] == "deferred until 2027-02-01"
+    assert row["update_due"] == iso(books.now - timedelta(minutes=1) + timedelta(days=3))
+
+    account.resolve_dispute(
+        dispute_id=deferred,
+        outcome="customer_favour",
+        settlement="refund",
+        actor=SUE,
+        policy=POLICY,
+        now=books.now,
+    )
+    books.save(account)
+    run_tail(store, live, threading.Event(), batch_max=2, until_caught_up=True)
+    row = dispute_queries.dispute(database, deferred)
+    assert (row["status"], row["outcome"], row["settlement"], row["held"]) == (
+        "resolved",
+        "customer_favour",
+        "refund",
+        0,
+    )
+    assert row["next_step"] == "feedback awaited"
+    types = [event["type"] for event in row["events"]]
+    at = types.index("dispute_resolved")
+    assert types[at + 1] == "refund_requested"
+    resolved, refund = row["events"][at : at + 2]
+    assert resolved["postings"] == [
+        {"debit": "losses", "credit": "dispute_hold", "amount": 4_000, "currency": "USD"},
+        {"debit": "losses", "credit": "refund_clearing", "amount": 2_000, "currency": "USD"},
+    ]
+    assert refund["data_with_personal"]["amount_minor"] == 2_000
