@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ledger import limits
@@ -19,9 +19,16 @@ SHOWN = tuple(column for column in FOLLOW_UP_COLUMNS if column != "due_us")
 
 
 def follow_ups(
-    database: Database, *, due_by: datetime | None = None, owner: str | None = None
+    database: Database,
+    *,
+    due_by: datetime | None = None,
+    owner: str | None = None,
+    at: datetime | None = None,
 ) -> dict[str, Any]:
-    """Open follow-ups, oldest due first; only those due by `due_by`, or owned by `owner`."""
+    """Open follow-ups, oldest due first (so overdue ones lead); only those due by `due_by`, or
+    owned by `owner`. Each says, as of `at` (default now), whether it is overdue and its age
+    since it was raised (`age_s`: an escalation's age, for one raised by an escalation)."""
+    now = at if at is not None else datetime.now(UTC)
     conditions = ["status = %s"]
     params: list[Any] = ["open"]
     if due_by is not None:
@@ -47,5 +54,7 @@ def follow_ups(
     for row in rows:
         item = dict(zip(SHOWN, row, strict=True))
         item["escalated"] = bool(item["escalated"])
+        item["overdue"] = datetime.fromisoformat(item["due_at"]) <= now
+        item["age_s"] = int((now - datetime.fromisoformat(item["raised_at"])).total_seconds())
         items.append(item)
     return {"position": reflected, "follow_ups": items}

@@ -7,8 +7,10 @@ NAME = "follow_ups"
 
 FOLLOW_UPS = "rm_follow_ups"
 FOLLOW_UP_ACCOUNTS = "rm_follow_up_accounts"
-TABLES = (FOLLOW_UPS, FOLLOW_UP_ACCOUNTS)
+FOLLOW_UP_HOLDS = "rm_follow_up_holds"
+TABLES = (FOLLOW_UPS, FOLLOW_UP_ACCOUNTS, FOLLOW_UP_HOLDS)
 QUEUE_INDEX = "rm_follow_ups_queue"
+SUBJECT_INDEX = "rm_follow_ups_subject"
 
 FOLLOW_UP_COLUMNS = (
     "follow_up_id",
@@ -53,3 +55,8 @@ ACCOUNT_COLUMNS = ("account_id", "currency", "receivable", "customer_credit")
 """What the queue knows of each account: its currency and the two balances a follow-up may be
 about, each as debits minus credits in minor units."""
 ACCOUNT_PG_TYPES = ("text", "text", "bigint", "bigint")
+
+HOLD_COLUMNS = ("dispute_id", "held")
+"""What the queue knows of each dispute: what it holds on `dispute_hold` (minor units), from
+the postings of the events that name it."""
+HOLD_PG_TYPES = ("text", "bigint")

@@ -64,6 +64,12 @@ overpayments_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(overpayments_app, name="overpayments")
+disputes_app = typer.Typer(
+    help="Disputes: list them (the default), show one's story, the feedback report; staff verbs"
+    " act on them.",
+    rich_markup_mode=None,
+)
+app.add_typer(disputes_app, name="disputes")
 
 log = get_logger(__name__)
 
@@ -438,6 +444,245 @@ def overpayments_show(
     out().print(events)
 
 
+DISPUTE_LIST_COLUMNS = (
+    "dispute_id",
+    "account_id",
+    "kind",
+    "channel",
+    "reason",
+    "amount",
+    "held",
+    "status",
+    "rep",
+    "escalated_to",
+    "opened_at",
+    "respond_by",
+    "first_response_due",
+    "update_due",
+    "resolution_due",
+    "last_contact_at",
+    "next_step",
+)
+DISPUTE_MONEY = frozenset({"amount", "held", "adjusted", "forgiven"})
+DISPUTE_REPORT_COLUMNS = (
+    "count",
+    "scored",
+    "mean_score",
+    "median_first_response_s",
+    "median_resolution_s",
+    "within_sla",
+)
+
+
+def _load_line(load: list[dict[str, Any]]) -> str:
+    """Each representative's open disputes on one line."""
+    shown = ", ".join(f"{item['rep'] or 'unassigned'} {item['open']}" for item in load)
+    return f"load (open per rep): {shown or 'none'}"
+
+
+@disputes_app.callback(invoke_without_command=True)
+def disputes(
+    context: typer.Context,
+    open_only: Annotated[bool, typer.Option("--open", help="Only those not resolved yet.")] = False,
+    rep: Annotated[str | None, typer.Option("--rep", help="Only this representative's.")] = None,
+    account: Annotated[str | None, typer.Option("--account", help="Only this account's.")] = None,
+    json_output: JsonOption = False,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = limits.query_wait_timeout_s,
+) -> None:
+    """Disputes in the order they were opened, with each representative's open load (`show ID`
+    for one dispute's story)."""
+    if context.invoked_subcommand is not None:
+        return
+    from projections import dispute_queries
+
+    with query_database(reads=dispute_queries.READS, wait=wait, timeout_s=timeout) as database:
+        answer = dispute_queries.disputes(
+            database, open_only=open_only, rep=rep, account_id=account
+        )
+    if json_output:
+        print_json(answer)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"disputes at position {answer['position']}")
+    for column in DISPUTE_LIST_COLUMNS:
+        table.add_column(column, justify="right" if column in DISPUTE_MONEY else "left")
+    for row in answer["disputes"]:
+        cells = {
+            **row,
+            **{column: _money(row[column], row["currency"]) for column in DISPUTE_MONEY},
+        }
+        table.add_row(*("" if cells[c] is None else str(cells[c]) for c in DISPUTE_LIST_COLUMNS))
+    out().print(table)
+    out().print(_load_line(answer["load"]))
+
+
+def _dispute_field(name: str, value: Any, currency: str) -> str:
+    """One field of a dispute for a terminal."""
+    if name in DISPUTE_MONEY:
+        return _money(value, currency)
+    if name == "reps":
+        return "; ".join(f"{r['rep']} from {r['from']} by {r['by']}" for r in value)
+    if name == "plan":
+        return "; ".join(
+            f"{i['due']} {_money(i['amount'], currency)} paid {_money(i['paid'], currency)}"
+            f" ({i['status']})"
+            for i in value
+        )
+    if name == "follow_ups":
+        return "; ".join(
+            f"{f['follow_up_id']} {f['reason']} due {f['due_at']} {f['owner']} ({f['status']})"
+            for f in value
+        )
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "" if value is None else str(value)
+
+
+_STORY_HIDDEN = frozenset(
+    {"account_id", "dispute_id", "moves", "currency", "policy_version", "actor_id", "actor_role"}
+)
+"""Fields a story line leaves out: the dispute's own, and who decided (said at the end)."""
+
+
+def _story_line(type_name: str, data: dict[str, Any], currency: str) -> str:
+    """What one event of a dispute says, the customer's words included (staff only)."""
+    who = f"{data.get('actor_id')} ({data.get('actor_role')})" if "actor_id" in data else ""
+    if type_name == "dispute_contact_logged":
+        line = f"{data['direction']} by {data['channel']}, {who}: {data['summary']}"
+        if data.get("promise"):
+            line += f"; promised {data['promise']} by {data['promise_by']}"
+        return line
+    if type_name == "dispute_feedback_recorded":
+        return f"score {data['score']}" + (f": {data['comment']}" if data.get("comment") else "")
+    if type_name == "dispute_installments_paid":
+        return f"{data['payment_id']} paid " + "; ".join(
+            f"installment {index + 1} {_money(amount, currency)}" + (" late" if late else "")
+            for index, amount, late in data["paid"]
+        )
+    if type_name == "dispute_installment_missed":
+        return f"installment {data['index'] + 1} missed; by {who}"
+    if type_name == "dispute_plan_agreed":
+        installments = ", ".join(
+            f"{due} {_money(amount, currency)}" for due, amount in data["installments"]
+        )
+        return (
+            f"installments {installments}; forgiven {_money(data['forgiven_minor'], currency)};"
+            f" by {who}"
+        )
+    parts = []
+    for key, value in data.items():
+        if key in _STORY_HIDDEN or value in (None, [], ""):
+            continue
+        if key.endswith("_minor") and isinstance(value, int):
+            parts.append(f"{key.removesuffix('_minor')} {_money(value, currency)}")
+        else:
+            parts.append(f"{key} {value}")
+    return ", ".join(parts) + (f"; by {who}" if who else "")
+
+
+@disputes_app.command("show")
+def disputes_show(
+    dispute_id: Annotated[
+        str, typer.Argument(metavar="ID", help="The dispute's id (ours or the processor's).")
+    ],
+    json_output: JsonOption = False,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = limits.query_wait_timeout_s,
+) -> None:
+    """One dispute and its whole story in order: facts, contacts (with the customer's words),
+    decisions, money with postings. Staff only: it shows personal data."""
+    from projections import dispute_queries
+
+    with query_database(reads=dispute_queries.READS, wait=wait, timeout_s=timeout) as database:
+        answer = dispute_queries.dispute(database, dispute_id)
+    if json_output:
+        print_json(answer)
+        return
+    from rich.table import Table
+
+    currency = answer["currency"]
+    fields = Table(title=f"dispute {answer['dispute_id']} at position {answer['position']}")
+    fields.add_column("field")
+    fields.add_column("value")
+    for name, value in answer.items():
+        if name != "events":
+            fields.add_row(name, _dispute_field(name, value, currency))
+    out().print(fields)
+    events = Table(title="events (the story, with the customer's words: staff only)")
+    for column in ("version", "type", "occurred_at", "position", "data_with_personal", "postings"):
+        events.add_column(column)
+    for event in answer["events"]:
+        postings = "; ".join(
+            f"{p['debit']} / {p['credit']} {_money(p['amount'], p['currency'])}"
+            for p in event["postings"]
+        )
+        events.add_row(
+            str(event["version"]),
+            event["type"],
+            event["occurred_at"],
+            str(event["position"]),
+            _story_line(event["type"], event["data_with_personal"], currency),
+            postings,
+        )
+    out().print(events)
+
+
+def _since_option(since: str | None) -> datetime | None:
+    """A `--since` value: a date (its start, UTC) or a timestamp with an offset."""
+    if since is None:
+        return None
+    from datetime import date
+
+    try:
+        day = date.fromisoformat(since)
+    except ValueError:
+        return _timestamp_option(since)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+@disputes_app.command("feedback-report")
+def disputes_feedback_report(
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Only disputes resolved since (a date, or RFC 3339)."),
+    ] = None,
+    json_output: JsonOption = False,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = limits.query_wait_timeout_s,
+) -> None:
+    """What customers said of resolved disputes, overall and by reason, channel, representative
+    and outcome: count, scores, median seconds to first response and to resolution, the share
+    resolved within the resolution target."""
+    moment = _since_option(since)
+    from projections import dispute_queries
+
+    with query_database(reads=dispute_queries.READS, wait=wait, timeout_s=timeout) as database:
+        answer = dispute_queries.feedback_report(database, since=moment)
+    if json_output:
+        print_json(answer)
+        return
+    from rich.table import Table
+
+    out().print(
+        f"feedback report at position {answer['position']}, since {answer['since'] or 'ever'}"
+        + (" (truncated: oldest left out)" if answer["truncated"] else "")
+    )
+    groups: list[tuple[str, str, list[dict[str, Any]]]] = [
+        ("total", "", [answer["total"]]),
+        *((f"by_{group}", group, answer[f"by_{group}"]) for group in dispute_queries.REPORT_GROUPS),
+    ]
+    for title, group, rows in groups:
+        table = Table(title=title)
+        columns = ((group,) if group else ()) + DISPUTE_REPORT_COLUMNS
+        for column in columns:
+            table.add_column(column, justify="left" if column == group else "right")
+        for row in rows:
+            table.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
+        out().print(table)
+
+
 FOLLOW_UP_COLUMNS = (
     "follow_up_id",
     "account_id",
@@ -449,7 +694,9 @@ FOLLOW_UP_COLUMNS = (
     "escalated",
     "owed_account",
     "owed",
+    "overdue",
     "raised_at",
+    "age_s",
 )
 
 
@@ -461,18 +708,23 @@ def follow_ups(
     owner: Annotated[str | None, typer.Option("--owner", help="Only this owner's.")] = None,
     at: Annotated[
         str | None,
-        typer.Option("--at", help="The query's clock for --due (RFC 3339); default: now."),
+        typer.Option(
+            "--at", help="The query's clock for --due, overdue and age (RFC 3339); default: now."
+        ),
     ] = None,
     json_output: JsonOption = False,
     wait: WaitOption = False,
     timeout: TimeoutOption = limits.query_wait_timeout_s,
 ) -> None:
-    """The follow-up queue: open items, oldest due first."""
+    """The follow-up queue: open items, oldest due first (overdue ones lead), with what is owed
+    and each item's age since it was raised."""
     now = _timestamp_option(at) or datetime.now(UTC)
     from projections import follow_up_queries
 
     with query_database(reads=follow_up_queries.READS, wait=wait, timeout_s=timeout) as database:
-        answer = follow_up_queries.follow_ups(database, due_by=now if due else None, owner=owner)
+        answer = follow_up_queries.follow_ups(
+            database, due_by=now if due else None, owner=owner, at=now
+        )
     if json_output:
         print_json(answer)
         return
@@ -480,12 +732,15 @@ def follow_ups(
 
     table = Table(title=f"follow-ups at position {answer['position']}")
     for column in FOLLOW_UP_COLUMNS:
-        table.add_column(column, justify="right" if column in ("owed", "contacts") else "left")
+        table.add_column(
+            column, justify="right" if column in ("owed", "contacts", "age_s") else "left"
+        )
     for item in answer["follow_ups"]:
         cells = {
             **item,
             "owed": _money(item["owed"], item["currency"]),
             "escalated": "yes" if item["escalated"] else "no",
+            "overdue": "yes" if item["overdue"] else "no",
         }
         table.add_row(*("" if cells[c] is None else str(cells[c]) for c in FOLLOW_UP_COLUMNS))
     out().print(table)

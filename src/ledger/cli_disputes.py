@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from ledger import limits
-from ledger.cli import JsonOption, Refused
+from ledger.cli import JsonOption, Refused, disputes_app
 from ledger.cli_staff import (
     ActorOption,
     CommandIdOption,
@@ -24,7 +24,6 @@ from ledger.cli_staff import (
     Lookup,
     RoleOption,
     Target,
-    disputes_app,
     submit,
 )
 from ledger.persistence.database import Database
@@ -371,7 +370,9 @@ def disputes_resolve(
         dispute = _dispute(database, dispute_id)
         if decided != "customer_favour":
             return Target(authority=())
-        written_off = dispute["held"] + dispute.get("paid", 0)
+        # What was paid of the bill before it was disputed (it was never held).
+        paid = dispute["amount"] - dispute["held"] - dispute["adjusted"]
+        written_off = dispute["held"] + max(0, paid)
         return Target(authority=(("write_off", written_off),))
 
     _send(

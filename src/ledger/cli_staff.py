@@ -32,8 +32,6 @@ refunds_app = typer.Typer(help="Refunds: retry a failed one by hand.", rich_mark
 app.add_typer(refunds_app, name="refunds")
 escrow_app = typer.Typer(help="Escrow holds: release one.", rich_markup_mode=None)
 app.add_typer(escrow_app, name="escrow")
-disputes_app = typer.Typer(help="Disputes: staff verbs act on them.", rich_markup_mode=None)
-app.add_typer(disputes_app, name="disputes")
 
 ActorOption = Annotated[
     str | None, typer.Option("--actor", help="Who acts (default: LEDGER_ACTOR).")
@@ -126,7 +124,7 @@ def submit(
         check_command,
         check_schema,
         existing_outcome,
-        outcome_headers,
+        publish_command,
         wait_for_outcome,
     )
 
@@ -166,13 +164,7 @@ def submit(
 
             producer = ResilientProducer(_bootstrap(settings))
             try:
-                producer.send(
-                    LEDGER_COMMANDS,
-                    key=account_id.encode(),
-                    value=checked.raw,
-                    headers=outcome_headers(),
-                )
-                producer.flush()
+                publish_command(producer, LEDGER_COMMANDS, checked)
             finally:
                 producer.close()
             outcome = wait_for_outcome(database, account_id, checked.command_id, timeout)
@@ -339,4 +331,4 @@ def escrow_release(
     )
 
 
-import ledger.cli_disputes  # noqa: E402, F401  (registers the dispute verbs on disputes_app)
+import ledger.cli_disputes  # noqa: E402, F401  (registers the dispute verbs)

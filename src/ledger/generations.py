@@ -52,7 +52,8 @@ class Live:
 
 
 def prepare_projections(database: Database, projections: Iterable[Projection]) -> None:
-    """Create the position tables and, for a projection seen the first time, its generation 1."""
+    """Create the position tables and, for a projection seen the first time, its generation 1;
+    for one seen before, any table or index its live generation lacks."""
     with database.transaction() as cursor:
         if database.kind == "postgresql":
             # Concurrent CREATE TABLE IF NOT EXISTS of one table can fail on PostgreSQL.
@@ -63,7 +64,17 @@ def prepare_projections(database: Database, projections: Iterable[Projection]) -
             cursor.execute(
                 "SELECT generation FROM ledger_projections WHERE name = %s", (projection.name,)
             )
-            if cursor.fetchone() is not None:
+            known = cursor.fetchone()
+            if known is not None:
+                # A table or index the projection's code gained since its live generation was
+                # built (all IF NOT EXISTS) is created empty: right when no event so far would
+                # have filled it; otherwise the read model needs a rebuild (README, Operations).
+                live = Generation(int(known[0]))
+                for statement in (
+                    *projection.create_statements(live),
+                    *projection.index_statements(live),
+                ):
+                    cursor.execute(statement)
                 continue
             first = Generation(1)
             for statement in (

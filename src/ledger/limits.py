@@ -71,6 +71,9 @@ projection_lookup_ids_max = 500
 """Ids per `IN (...)` lookup a projection makes for the rows a batch changes."""
 query_rows_max = 10_000
 """Most rows one list query (`ledger overpayments`, `ledger follow-ups`) returns."""
+feedback_report_rows_max = 100_000
+"""Most resolved disputes one `ledger disputes feedback-report` summarises (newest first; the
+report says when it left older ones out)."""
 sqlite_in_chunk_max = 500
 """Values per `IN (...)` query on SQLite (its own limit is far above; keeps plans small)."""
 postgres_lock_timeout_s = 10

@@ -13,6 +13,7 @@ from ledger.persistence.urls import DatabaseTarget
 from ledger.projection import Projection
 from ledger.storage import prepare_schema
 from projections.balances import BalancesProjection
+from projections.disputes import DisputesProjection
 from projections.follow_ups import FollowUpsProjection
 from projections.overpayments import OverpaymentsProjection
 from projections.schedule import ScheduleProjection
@@ -29,7 +30,10 @@ FOLLOW_UPS = FollowUpsProjection()
 SCHEDULE = ScheduleProjection()
 """The scheduler's read model of due items (`ledger.scheduler` reads it)."""
 
-PROJECTIONS: tuple[Projection, ...] = (BALANCES, OVERPAYMENTS, FOLLOW_UPS, SCHEDULE)
+DISPUTES = DisputesProjection()
+"""One row per dispute, with its story (`ledger disputes`)."""
+
+PROJECTIONS: tuple[Projection, ...] = (BALANCES, OVERPAYMENTS, FOLLOW_UPS, SCHEDULE, DISPUTES)
 
 
 def names() -> list[str]:

@@ -94,6 +94,9 @@ class Supervisor:
         env.update(self.extra_env)
         env["LEDGER_KAFKA_BOOTSTRAP"] = self.bootstrap
         env["LEDGER_DATABASE_URL"] = self.settings.database_url
+        if self.settings.policy is not None:
+            # Settings given in code (the demo's policy) reach the workers as they reach us.
+            env["LEDGER_POLICY"] = str(self.settings.policy)
         worker, _, copy = name.partition("-")
         if worker == "relay":
             # relay tries share 0 first, relay-2 share 1, ...: settled at once on a clean start.

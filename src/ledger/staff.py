@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -150,6 +150,31 @@ def wait_for_outcome(
 def outcome_headers() -> list[tuple[str, bytes]]:
     """The headers of a command whose caller waits for its outcome."""
     return [(OUTCOME_HEADER, b"outcome")]
+
+
+class CommandProducer(Protocol):
+    """What publishing a command needs of a producer (`ResilientProducer` is one)."""
+
+    def send(
+        self,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+    ) -> None:
+        """Queue one message."""
+
+    def flush(self) -> None:
+        """Deliver every queued message."""
+
+
+def publish_command(producer: CommandProducer, topic: str, checked: CheckedCommand) -> None:
+    """Send a checked command keyed by its account, asking for its outcome, and deliver it."""
+    producer.send(
+        topic, key=checked.account_id.encode(), value=checked.raw, headers=outcome_headers()
+    )
+    producer.flush()
 
 
 def existing_outcome(database: Database, account_id: str, command_id: str) -> CommandOutcome | None:

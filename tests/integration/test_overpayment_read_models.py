@@ -25,6 +25,7 @@ from ledger.projection import Projection
 from ledger.rebuild import rebuild_aside
 from ledger.tailing import run_tail
 from projections import follow_up_queries, overpayment_queries
+from projections.follow_ups_tables import FOLLOW_UP_HOLDS
 from tests.overpayment_books import Books, write_history
 
 LEDGER = [sys.executable, "-m", "ledger"]
@@ -205,7 +206,8 @@ def table_rows(database: Database, projection: Projection) -> dict[str, list[Any
 def test_a_rebuild_gives_the_same_rows(books: Books, store: EventStore, database: Database) -> None:
     for projection in PROJECTED:
         before = table_rows(database, projection)
-        assert all(before.values()), projection.name
+        # This history has no disputes: nothing is held for one.
+        assert all(rows for table, rows in before.items() if table != FOLLOW_UP_HOLDS), before
         rebuilt = rebuild_aside(database, store, projection, batch_max=7)
         assert (rebuilt.generation, rebuilt.replaced) == (2, 1)
         assert table_rows(database, projection) == before

@@ -73,6 +73,9 @@ def loaded_by(args: list[str], database_url: str) -> tuple[int, set[str], bytes]
         ["overpayments", "--open", "--account", "A", "--json", "--wait", "--timeout", "5"],
         ["overpayments", "show", "A:op:4", "--json"],
         ["follow-ups", "--json"],
+        ["disputes", "--json"],
+        ["disputes", "--open", "--rep", "ann", "--account", "A", "--json", "--wait"],
+        ["disputes", "feedback-report", "--since", "2026-11-01", "--json"],
         ["follow-ups", "--due", "--at", "2026-11-25T12:00:00Z", "--owner", "x", "--json"],
     ],
 )

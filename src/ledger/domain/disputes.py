@@ -26,7 +26,7 @@ Every rule is checked before a method's first event (a refusal changes nothing).
 from __future__ import annotations
 
 from datetime import date, datetime, time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ledger.domain import dispute_events as dv
 from ledger.domain.errors import DomainRuleError, NotDueYet, StaleFiring
@@ -40,6 +40,17 @@ LOSSES = LedgerAccount.LOSSES
 
 OUTCOMES_STAFF = ("customer_favour", "upheld", "withdrawn")
 OUTCOMES_PROCESSOR = ("won", "lost", "withdrawn")
+
+FOLLOW_UP_REASONS: Final[tuple[str, ...]] = (
+    "dispute_first_response",
+    "dispute_promise",
+    "dispute_escalated",
+    "dispute_update_due",
+    "dispute_installment_missed",
+    "dispute_deferral_ended",
+    "chargeback_respond_by",
+)
+"""Why a dispute raises a follow-up (its `subject_id` is the dispute's id)."""
 
 
 def _end_of(day: str) -> datetime:
