@@ -51,6 +51,7 @@ from projections.schedule_tables import (
     ESCROW_EXPIRY,
     FOLLOW_UP,
     INSTALLMENT_DUE,
+    INSTALLMENTS,
     ITEMS,
     ITEMS_DUE_INDEX,
     NAME,
@@ -68,9 +69,8 @@ ITEM_COLUMNS = (
     "due_us",
     "attempt",
     "done",
-    "left_minor",
 )
-ITEM_TYPES = ("text", "text", "text", "text", "text", "bigint", "integer", "integer", "bigint")
+ITEM_TYPES = ("text", "text", "text", "text", "text", "bigint", "integer", "integer")
 DORMANCY_COLUMNS = (
     "account_id",
     "jurisdiction",
@@ -113,7 +113,9 @@ class Changes:
         """New due times of items created before this batch."""
         self.done: set[ItemKey] = set()
         """Items created before this batch that are done now."""
-        self.paid: dict[ItemKey, int] = {}
+        self.left: dict[str, int] = {}
+        """What is left to pay of installments created in this batch."""
+        self.paid: dict[str, int] = {}
         """Amounts paid of installments created before this batch."""
         self.done_of: set[tuple[str, str]] = set()
         """(kind, item id) whose every item created before this batch is done now."""
@@ -127,36 +129,36 @@ class Changes:
         account_id: str,
         due_at: str,
         attempt: int,
-        left_minor: int = 0,
     ) -> None:
         """A new item (or a new round of one, such as the next failed refund): not done."""
         due_us = epoch_us(datetime.fromisoformat(due_at))
         key = (kind, subject_id)
-        self.rows[key] = [
-            kind,
-            subject_id,
-            item_id,
-            account_id,
-            due_at,
-            due_us,
-            attempt,
-            0,
-            left_minor,
-        ]
+        self.rows[key] = [kind, subject_id, item_id, account_id, due_at, due_us, attempt, 0]
         self.due.pop(key, None)
         self.done.discard(key)
-        self.paid.pop(key, None)
 
-    def pay(self, kind: str, subject_id: str, amount_minor: int) -> None:
+    def installment(
+        self,
+        subject_id: str,
+        dispute_id: str,
+        account_id: str,
+        due_at: str,
+        number: int,
+        amount: int,
+    ) -> None:
+        """A new installment of a plan: due, with all of it left to pay."""
+        self.item(INSTALLMENT_DUE, subject_id, dispute_id, account_id, due_at, number)
+        self.left[subject_id] = amount
+        self.paid.pop(subject_id, None)
+
+    def pay(self, subject_id: str, amount_minor: int) -> None:
         """Part of an installment is paid; it is done once nothing is left."""
-        row = self.rows.get((kind, subject_id))
-        if row is not None:
-            row[8] -= amount_minor
-            if row[8] <= 0:
-                row[7] = 1
+        if subject_id in self.left:
+            self.left[subject_id] -= amount_minor
+            if self.left[subject_id] <= 0:
+                self.finish(INSTALLMENT_DUE, subject_id)
         else:
-            key = (kind, subject_id)
-            self.paid[key] = self.paid.get(key, 0) + amount_minor
+            self.paid[subject_id] = self.paid.get(subject_id, 0) + amount_minor
 
     def finish_every(self, kind: str, item_id: str) -> None:
         """Every item of this kind naming `item_id` is done (a dispute's installments)."""
@@ -303,13 +305,12 @@ def fold_dispute_event(batch: Changes, type_name: str, state: dict[str, Any]) ->
         batch.finish(DEFERRAL_END, dispute_id)
         for index, (due, amount_minor) in enumerate(state["installments"]):
             subject = installment_subject(dispute_id, index)
-            due_at = _end_of_day(due)
-            batch.item(
-                INSTALLMENT_DUE, subject, dispute_id, account_id, due_at, index + 1, amount_minor
+            batch.installment(
+                subject, dispute_id, account_id, _end_of_day(due), index + 1, amount_minor
             )
     elif type_name == dv.InstallmentsPaid.TOPIC:
         for index, amount_minor, _late in state["paid"]:
-            batch.pay(INSTALLMENT_DUE, installment_subject(dispute_id, index), amount_minor)
+            batch.pay(installment_subject(dispute_id, index), amount_minor)
     elif type_name == dv.InstallmentMissed.TOPIC:
         batch.finish(INSTALLMENT_DUE, installment_subject(dispute_id, state["index"]))
     elif type_name == dv.DisputeDeferred.TOPIC:
@@ -333,12 +334,14 @@ class ScheduleProjection:
             f"CREATE TABLE IF NOT EXISTS {generation.table(ITEMS)} ("
             "kind TEXT NOT NULL, subject_id TEXT NOT NULL, item_id TEXT NOT NULL,"
             " account_id TEXT NOT NULL, due_at TEXT NOT NULL, due_us BIGINT NOT NULL,"
-            " attempt INTEGER NOT NULL, done INTEGER NOT NULL, left_minor BIGINT NOT NULL,"
+            " attempt INTEGER NOT NULL, done INTEGER NOT NULL,"
             " PRIMARY KEY (kind, subject_id))",
             f"CREATE TABLE IF NOT EXISTS {generation.table(DORMANCY)} ("
             "account_id TEXT PRIMARY KEY, jurisdiction TEXT NOT NULL,"
             " last_activity_at TEXT NOT NULL, last_activity_us BIGINT NOT NULL,"
             " owed_minor BIGINT NOT NULL, escheatments INTEGER NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {generation.table(INSTALLMENTS)} ("
+            "subject_id TEXT PRIMARY KEY, left_minor BIGINT NOT NULL)",
         )
 
     def index_statements(self, generation: Generation) -> tuple[str, ...]:
@@ -372,7 +375,16 @@ class ScheduleProjection:
             suffix="ON CONFLICT (kind, subject_id) DO UPDATE SET"
             " item_id = excluded.item_id, account_id = excluded.account_id,"
             " due_at = excluded.due_at, due_us = excluded.due_us,"
-            " attempt = excluded.attempt, done = excluded.done, left_minor = excluded.left_minor",
+            " attempt = excluded.attempt, done = excluded.done",
+        )
+        installments = generation.table(INSTALLMENTS)
+        database.insert_rows(
+            cursor,
+            installments,
+            ("subject_id", "left_minor"),
+            [[subject, left] for subject, left in batch.left.items()],
+            pg_types=("text", "bigint"),
+            suffix="ON CONFLICT (subject_id) DO UPDATE SET left_minor = excluded.left_minor",
         )
         if batch.due:
             cursor.executemany(
@@ -380,11 +392,15 @@ class ScheduleProjection:
                 [(at, us, kind, subject) for (kind, subject), (at, us) in batch.due.items()],
             )
         if batch.paid:
+            paid = sorted(batch.paid.items())
             cursor.executemany(
-                f"UPDATE {items} SET left_minor = left_minor - %s,"
-                " done = CASE WHEN left_minor - %s <= 0 THEN 1 ELSE done END"
-                " WHERE kind = %s AND subject_id = %s",
-                [(paid, paid, kind, subject) for (kind, subject), paid in batch.paid.items()],
+                f"UPDATE {installments} SET left_minor = left_minor - %s WHERE subject_id = %s",
+                [(amount, subject) for subject, amount in paid],
+            )
+            cursor.executemany(
+                f"UPDATE {items} SET done = 1 WHERE kind = %s AND subject_id = %s AND"
+                f" (SELECT left_minor FROM {installments} WHERE subject_id = %s) <= 0",
+                [(INSTALLMENT_DUE, subject, subject) for subject, _ in paid],
             )
         if batch.done:
             cursor.executemany(

@@ -8,12 +8,14 @@ NAME: Final = "schedule"
 
 ITEMS: Final = "rm_schedule"
 """One row per timed item of an overpayment, a dispute or a follow-up: its kind, the id a firing
-names, the account, the due time, the attempt (refund retries; an installment's number), whether
-it is done, and what is left to pay of an installment."""
+names, the account, the due time, the attempt (refund retries; an installment's number), and
+whether it is done."""
+INSTALLMENTS: Final = "rm_schedule_installments"
+"""What is left to pay of each installment (keyed as its item): it is done once nothing is."""
 DORMANCY: Final = "rm_dormancy"
 """One row per account: jurisdiction, last customer activity, credit owed, escheatments so far.
 Its due time depends on the policy's dormancy period, so the scheduler computes it."""
-TABLES: Final = (ITEMS, DORMANCY)
+TABLES: Final = (ITEMS, DORMANCY, INSTALLMENTS)
 ITEMS_DUE_INDEX: Final = "rm_schedule_due"
 DORMANCY_DUE_INDEX: Final = "rm_dormancy_due"
 
