@@ -67,6 +67,8 @@ def test_dispute_status_changes_are_notified_without_personal_fields(
             "N", "dispute.log", dispute_id="N:dp:3", channel="phone", direction="in",
             summary="said they were billed twice", promise="call back", promise_by="2026-11-27",
         ),
+        # Above an agent's authority (adjust 50.00): refused by the account as well.
+        command("N", "dispute.adjust", dispute_id="N:dp:3", amount_minor=6_000, reason="goodwill"),
         command("N", "dispute.escalate", dispute_id="N:dp:3", to_role="supervisor"),
         command(
             "N", "dispute.plan", dispute_id="N:dp:3",
@@ -82,7 +84,11 @@ def test_dispute_status_changes_are_notified_without_personal_fields(
         [InboundMessage("ledger.commands", 0, n, b"k", raw) for n, raw in enumerate(staff)]
     )
     commands.commit(batch, Tracking("ledger.commands:t:0", len(staff)))
-    assert [o.status for o in batch.outcomes] == ["accepted"] * len(staff)
+    assert [o.status for o in batch.outcomes] == ["accepted"] * 2 + ["refused"] + ["accepted"] * 5
+    refusal = batch.outcomes[2].reason or ""
+    assert "may not adjust 6000 minor units; needs supervisor" in refusal
+    # Without the outcome header nobody waits for it: it is dead-lettered with the reason.
+    assert [letter.kind for letter in batch.dead_letters] == ["unauthorized"]
 
     producer = ResilientProducer(fresh_broker.bootstrap)
     try:
@@ -99,12 +105,12 @@ def test_dispute_status_changes_are_notified_without_personal_fields(
         ("M:3:dispute_status", "open", "2026-11-30T12:00:00+00:00"),
         ("M:5:dispute_status", "deferred", "2026-12-10"),
         ("M:6:dispute_status", "resolved", None),
+        ("N:10:dispute_status", "plan", "2026-12-01"),
         ("N:3:dispute_status", "open", "2026-11-28T12:00:00+00:00"),
-        ("N:9:dispute_status", "plan", "2026-12-01"),
     ]
     assert {n["template"] for n in sent} == {"dispute_status"}
     assert sent[2]["outcome"] == "withdrawn"
-    assert sent[4]["next_amount"] == {"value": 4_000, "currency": "USD"}
+    assert sent[3]["next_amount"] == {"value": 4_000, "currency": "USD"}
     for record in records:
         assert record.key == orjson.loads(record.value)["account_id"].encode()
         assert (
