@@ -155,9 +155,7 @@ class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder)
         # Arrays go in binary (%b): psycopg's text dumping escapes every element with regular
         # expressions, about 7x slower for the event array.
         outcomes = Identifier(self.datastore.schema or "public", OUTCOMES_TABLE)
-        self.sql_create_statements.append(
-            SQL(create_table_sql("{0}")).format(outcomes)
-        )
+        self.sql_create_statements.append(SQL(create_table_sql("{0}")).format(outcomes))
         self._insert_outcomes_statement = SQL(
             "INSERT INTO {0} (" + ", ".join(OUTCOME_COLUMNS) + ")"
             " VALUES (" + ", ".join(["%s"] * len(OUTCOME_COLUMNS)) + ")"
