@@ -341,6 +341,9 @@ class OverpaymentHandling:
             if actor.role == SCHEDULER:
                 raise StaleFiring(f"refund {refund_id} is {refund['status']}")
             raise DomainRuleError(f"refund {refund_id} is {refund['status']}, not failed")
+        if refund["overpayment_id"] is None:
+            # A dispute's failed refund became an overpayment when it failed: resolve that one.
+            raise DomainRuleError(f"refund {refund_id} of a dispute is owed back as an overpayment")
         if actor.role == SCHEDULER:
             if refund["retry_at"] is None:
                 raise StaleFiring(f"refund {refund_id} has no retry due (retries spent)")
