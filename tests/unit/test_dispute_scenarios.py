@@ -234,9 +234,7 @@ def test_chargeback_lost_writes_the_withheld_cash_off() -> None:
     assert books(story.account) == stated(cash=2_500, dispute_hold=7_500, revenue=10_000)
     story.assign(dispute_id, "ann")
     story.contact(dispute_id, "out")  # the first response: its follow-up closes
-    assert [reason for reason, _, _ in open_follow_ups(story.account)] == [
-        "chargeback_respond_by"
-    ]
+    assert [reason for reason, _, _ in open_follow_ups(story.account)] == ["chargeback_respond_by"]
 
     story.at(START + timedelta(days=30))
     story.closed("cb-1", "lost")
@@ -268,7 +266,9 @@ def test_billing_dispute_settled_by_a_plan_with_one_installment_missed() -> None
         )
 
     reason = refused_without_change(
-        story, DomainRuleError, lambda: plan((date(2026, 12, 15), 4_000), (date(2027, 1, 15), 7_000))
+        story,
+        DomainRuleError,
+        lambda: plan((date(2026, 12, 15), 4_000), (date(2027, 1, 15), 7_000)),
     )
     assert "owes 12000" in reason
     # Forgiving a part needs write-off authority, which an agent does not have.
@@ -430,7 +430,9 @@ def test_bill_decided_for_the_customer_refunds_its_paid_part() -> None:
     assert books(story.account) == stated(cash=6_000, dispute_hold=4_000, revenue=10_000)
     # An agent may not write anything off; the paid part needs a refund or credit.
     refused_without_change(
-        story, UnauthorizedError, lambda: story.resolve(dispute_id, "customer_favour", "refund", ANN)
+        story,
+        UnauthorizedError,
+        lambda: story.resolve(dispute_id, "customer_favour", "refund", ANN),
     )
     refused_without_change(
         story, DomainRuleError, lambda: story.resolve(dispute_id, "customer_favour")
@@ -523,4 +525,34 @@ def test_deferral_and_its_end() -> None:
         ("dispute_first_response", "agent", (opened_at + timedelta(hours=1)).isoformat()),
         ("dispute_deferral_ended", "ann", story.now.isoformat()),
     ]
+    replayed_equals(story)
+
+
+def test_a_failed_refund_of_a_dispute_is_an_overpayment_not_retried() -> None:
+    story = Story()
+    story.bill(10_000)
+    story.pay(6_000)
+    dispute_id = story.dispute("phone", 10_000, invoice_id="inv-1", payment_id="pay-1")
+    story.resolve(dispute_id, "customer_favour", "refund")
+    (refund_id,) = story.account.refunds
+    story.account.fail_refund(
+        refund_id=refund_id,
+        reason="card closed",
+        origin=story.origin().event_fields(),
+        policy=POLICY,
+        now=story.now,
+    )
+    (overpayment,) = story.account.overpayments.values()
+    assert (overpayment["amount"], overpayment["places"]) == (6_000, {"credit": 6_000})
+    refused_without_change(
+        story,
+        DomainRuleError,
+        lambda: story.account.retry_refund(
+            refund_id=refund_id, actor=SUE, policy=POLICY, now=story.now, attempt=None
+        ),
+    )
+    assert books(story.account) == stated(
+        cash=6_000, customer_credit=6_000, revenue=10_000, losses=10_000
+    )
+    assert open_follow_ups(story.account) == []
     replayed_equals(story)

@@ -619,12 +619,12 @@ class DisputeHandling:
 
     def _paid_undisputed(self, payment_id: str | None) -> int:
         """What the customer paid (of one payment, if named) that no dispute claims back."""
-        paid = sum(
+        paid: int = sum(
             item["settled"]
             for key, item in self.payments.items()
             if not item["returned"] and payment_id in (None, key)
         )
-        claimed = sum(
+        claimed: int = sum(
             dispute["paid"]
             for dispute in self.disputes.values()
             if dispute["kind"] == "billing"
