@@ -344,9 +344,8 @@ class OverpaymentHandling:
                 raise StaleFiring(f"refund {refund_id} is {refund['status']}")
             raise DomainRuleError(f"refund {refund_id} is {refund['status']}, not failed")
         if refund["overpayment_id"] is None:
-            raise DomainRuleError(
-                f"refund {refund_id} was a dispute's: its money is owed back as an overpayment"
-            )
+            # A dispute's failed refund became an overpayment when it failed: resolve that one.
+            raise DomainRuleError(f"refund {refund_id} of a dispute is owed back as an overpayment")
         # Its money may have left since (escheated, refunded on cancellation, payment returned).
         waiting = self.overpayments[refund["overpayment_id"]]["places"].get("refund_failed", 0)
         if waiting < refund["amount"]:

@@ -220,7 +220,8 @@ class PlanDisputeIn(_DisputeCommandIn):
     """An installment plan for what is owed in the dispute (any part forgiven written off)."""
 
     type: Literal["dispute.plan"]
-    installments: tuple[InstallmentIn, ...] = Field(min_length=1, max_length=120)
+    installments: tuple[InstallmentIn, ...] = Field(min_length=1, max_length=120, strict=False)
+    """A JSON array (not strict: strict mode takes only a tuple); each item is strict."""
     forgiven_minor: int = Field(default=0, ge=0)
 
 
