@@ -556,3 +556,51 @@ def test_a_failed_refund_of_a_dispute_is_an_overpayment_not_retried() -> None:
     )
     assert open_follow_ups(story.account) == []
     replayed_equals(story)
+
+
+# --------------------------------------------------------------------------- the edges
+
+
+def test_an_escalation_is_taken_by_a_role_above_it_too() -> None:
+    story = Story()
+    story.bill(30_000)
+    dispute_id = story.dispute("email", 30_000, invoice_id="inv-1")
+    story.account.escalate_dispute(
+        dispute_id=dispute_id,
+        to_role="supervisor",
+        reason="goodwill above my limit",
+        actor=ANN,
+        policy=POLICY,
+        now=story.now,
+    )
+    story.at(START + timedelta(hours=2))
+    story.account.adjust_dispute(
+        dispute_id=dispute_id,
+        amount_minor=10_000,
+        reason="goodwill",
+        actor=Actor("meg", "manager"),
+        policy=POLICY,
+        now=story.now,
+    )
+    assert story.account.disputes[dispute_id]["escalated_to"] is None
+    assert [reason for reason, _, _ in open_follow_ups(story.account)] == ["dispute_first_response"]
+    assert books(story.account) == stated(dispute_hold=20_000, revenue=30_000, losses=10_000)
+    replayed_equals(story)
+
+
+def test_a_disputed_invoice_is_not_voided_until_the_dispute_is_resolved() -> None:
+    story = Story()
+    story.bill(12_000)
+    dispute_id = story.dispute("phone", 12_000, invoice_id="inv-1")
+
+    def void() -> None:
+        story.account.void_invoice_and_detect(
+            invoice_id="inv-1", origin=story.origin(), policy=POLICY, now=story.now
+        )
+
+    reason = refused_without_change(story, DomainRuleError, void)
+    assert f"invoice inv-1 is disputed ({dispute_id})" in reason
+    story.resolve(dispute_id, "upheld")
+    void()
+    assert books(story.account) == stated()
+    replayed_equals(story)

@@ -80,6 +80,7 @@ class OverpaymentHandling:
     refunds: dict[str, dict[str, Any]]
     coupons: dict[str, str]
     follow_ups: dict[str, dict[str, Any]]
+    disputes: dict[str, dict[str, Any]]
     version: int
 
     if TYPE_CHECKING:  # the aggregate's own (stubs here would shadow them)
@@ -679,6 +680,16 @@ class OverpaymentHandling:
             raise DomainRuleError(f"no invoice {invoice_id} on account {self.account_id}")
         if invoice["voided"]:
             raise DomainRuleError(f"invoice {invoice_id} was voided already")
+        disputed = [
+            dispute_id
+            for dispute_id, dispute in self.disputes.items()
+            if dispute.get("invoice_id") == invoice_id and dispute["status"] != "resolved"
+        ]
+        if disputed:
+            raise DomainRuleError(
+                f"invoice {invoice_id} is disputed ({', '.join(disputed)}): resolve the dispute"
+                " before voiding it"
+            )
         amount = int(invoice["amount"])
         unpaid = min(amount, self.balances.get(RECEIVABLE, 0))
         paid = amount - unpaid
