@@ -12,6 +12,19 @@ from typing import Any, Final
 
 from ledger.domain.protocol_events import AccountEvent, Decision, register_events
 
+SENIORITY: Final[dict[str, int]] = {"agent": 0, "supervisor": 1, "manager": 2}
+"""Staff roles in order: an escalation is taken by its role or one above it."""
+
+
+def takes_escalation(actor_role: str, escalated_to: str | None) -> bool:
+    """Whether a decision by `actor_role` takes an escalation to `escalated_to`."""
+    if escalated_to is None:
+        return False
+    if actor_role == escalated_to:
+        return True
+    return SENIORITY.get(actor_role, -1) > SENIORITY.get(escalated_to, len(SENIORITY))
+
+
 PERSONAL_FIELDS: Final[frozenset[str]] = frozenset({"summary", "promise", "comment"})
 """Event fields that hold personal data: kept out of `ledger.events` and logs."""
 
@@ -52,6 +65,7 @@ class DisputeOpened(Decision):
             "held": self.held_minor,
             "paid": self.amount_minor - self.held_minor,
             "payment_id": self.payment_id,
+            "invoice_id": self.invoice_id,
             "status": "open",
             "rep": None,
             "escalated_to": None,
@@ -132,7 +146,7 @@ class DisputeAdjusted(Decision):
         """Less is held (and owed); an escalation to the actor's role is taken."""
         dispute = aggregate.disputes[self.dispute_id]
         dispute["held"] -= self.amount_minor
-        if dispute["escalated_to"] == self.actor_role:
+        if takes_escalation(self.actor_role, dispute["escalated_to"]):
             dispute["escalated_to"] = None
 
 
@@ -152,7 +166,7 @@ class PlanAgreed(Decision):
         dispute = aggregate.disputes[self.dispute_id]
         dispute["held"] = 0
         dispute["status"] = "plan"
-        if dispute["escalated_to"] == self.actor_role:
+        if takes_escalation(self.actor_role, dispute["escalated_to"]):
             dispute["escalated_to"] = None
         dispute["plan"] = [
             {"due": due, "amount": amount, "paid": 0, "status": "due"}

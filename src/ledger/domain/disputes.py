@@ -69,6 +69,8 @@ class DisputeHandling:
     disputes: dict[str, dict[str, Any]]
     dispute_ids: dict[str, str]
     payments: dict[str, dict[str, Any]]
+    invoices: dict[str, dict[str, Any]]
+    follow_ups: dict[str, dict[str, Any]]
     version: int
 
     if TYPE_CHECKING:  # the aggregate's own (stubs here would shadow them)
@@ -127,6 +129,8 @@ class DisputeHandling:
             raise DomainRuleError(f"dispute {external_id} was opened already")
         if payment_id is not None and payment_id not in self.payments:
             raise DomainRuleError(f"no payment {payment_id} on account {self.account_id}")
+        if invoice_id is not None and invoice_id not in self.invoices:
+            raise DomainRuleError(f"no invoice {invoice_id} on account {self.account_id}")
         chargeback = channel == "chargeback"
         if chargeback:
             held = amount_minor
@@ -135,6 +139,14 @@ class DisputeHandling:
             )
         else:
             held = min(amount_minor, self.balances.get(RECEIVABLE, 0))
+            # The rest is claimed as paid (refunded or credited if the customer wins): never
+            # more than was paid and is not claimed by another dispute already.
+            paid_left = self._paid_undisputed(payment_id)
+            if amount_minor - held > paid_left:
+                raise DomainRuleError(
+                    f"{amount_minor} minor units disputed: {held} owed and {paid_left} paid"
+                    " (not disputed already)"
+                )
             postings = (Posting(HOLD, RECEIVABLE, held, self.currency),) if held else ()
         sla = policy.dispute_sla(channel)
         dispute_id = f"{self.account_id}:dp:{self.version + 1}"
@@ -377,6 +389,8 @@ class DisputeHandling:
             )
         if chargeback and source_event_id is None:
             raise DomainRuleError("a chargeback is decided by the processor's dispute.closed")
+        if not chargeback and source_event_id is not None:
+            raise DomainRuleError(f"dispute {dispute_id} is a customer's: staff decide it")
         if dispute["status"] == "plan":
             raise DomainRuleError(f"dispute {dispute_id} is settled by its plan")
         postings: list[Posting] = []
@@ -562,6 +576,13 @@ class DisputeHandling:
             raise StaleFiring(f"dispute {dispute_id} is not deferred")
         if now <= _end_of(until):
             raise NotDueYet(f"dispute {dispute_id} is deferred until {until}")
+        if any(
+            item["reason"] == "dispute_deferral_ended"
+            and item["subject_id"] == dispute["id"]
+            and item["status"] == "open"
+            for item in self.follow_ups.values()
+        ):
+            raise StaleFiring(f"dispute {dispute_id}: its deferral's end is followed up already")
         self._raise_follow_up(
             "dispute_deferral_ended", dispute_id, policy, now, due=now, owner=dispute["rep"]
         )
@@ -595,6 +616,22 @@ class DisputeHandling:
         if dispute is None:
             raise DomainRuleError(f"no dispute {dispute_id} on account {self.account_id}")
         return dispute
+
+    def _paid_undisputed(self, payment_id: str | None) -> int:
+        """What the customer paid (of one payment, if named) that no dispute claims back."""
+        paid: int = sum(
+            item["settled"]
+            for key, item in self.payments.items()
+            if not item["returned"] and payment_id in (None, key)
+        )
+        claimed: int = sum(
+            dispute["paid"]
+            for dispute in self.disputes.values()
+            if dispute["kind"] == "billing"
+            and dispute["outcome"] in (None, "customer_favour")
+            and payment_id in (None, dispute["payment_id"])
+        )
+        return max(paid - claimed, 0)
 
     def _open_dispute(self, dispute_id: str) -> dict[str, Any]:
         dispute = self._dispute(dispute_id)

@@ -80,6 +80,7 @@ class OverpaymentHandling:
     refunds: dict[str, dict[str, Any]]
     coupons: dict[str, str]
     follow_ups: dict[str, dict[str, Any]]
+    disputes: dict[str, dict[str, Any]]
     version: int
 
     if TYPE_CHECKING:  # the aggregate's own (stubs here would shadow them)
@@ -243,6 +244,7 @@ class OverpaymentHandling:
         now: datetime,
         *,
         automatic: bool = False,
+        self_corrected: bool = False,
         legal_basis: LegalBasis | None = None,
     ) -> None:
         amount = self.overpayments[overpayment_id]["places"].get("credit", 0)
@@ -271,6 +273,7 @@ class OverpaymentHandling:
             automatic=automatic,
             escrow_expires_at=expires_at,
             coupon_code=code,
+            self_corrected=self_corrected,
         )
         if resolution == "refund" and amount:
             self._request_refund(overpayment_id, {"credit": amount}, actor, policy, now)
@@ -341,6 +344,16 @@ class OverpaymentHandling:
             if actor.role == SCHEDULER:
                 raise StaleFiring(f"refund {refund_id} is {refund['status']}")
             raise DomainRuleError(f"refund {refund_id} is {refund['status']}, not failed")
+        if refund["overpayment_id"] is None:
+            # A dispute's failed refund became an overpayment when it failed: resolve that one.
+            raise DomainRuleError(f"refund {refund_id} of a dispute is owed back as an overpayment")
+        # Its money may have left since (escheated, refunded on cancellation, payment returned).
+        waiting = self.overpayments[refund["overpayment_id"]]["places"].get("refund_failed", 0)
+        if waiting < refund["amount"]:
+            reason = f"refund {refund_id}'s money is no longer waiting for a retry"
+            if actor.role == SCHEDULER:
+                raise StaleFiring(reason)
+            raise DomainRuleError(reason)
         if actor.role == SCHEDULER:
             if refund["retry_at"] is None:
                 raise StaleFiring(f"refund {refund_id} has no retry due (retries spent)")
@@ -618,29 +631,31 @@ class OverpaymentHandling:
             )
         postings: list[Posting] = []
         moves: list[list[Any]] = []
-        shortfall = payment["settled"]
+        # What the return takes back: first from credit still held, the rest is owed again.
+        # Never more than the payment: a voided invoice's overpayment names the last payment,
+        # and may hold more than that payment brought.
+        remaining = payment["amount"]
         overpayment_id = payment.get("overpayment_id")
         excess = payment["amount"] - payment["settled"]
         if overpayment_id is not None:
             places = self.overpayments[overpayment_id]["places"]
             for place in (*ev.OWED_CREDIT, "escrow", "coupon"):
-                held = places.get(place, 0)
+                held = min(places.get(place, 0), remaining)
                 if held:
                     account = ev.PLACE_ACCOUNTS[place]
                     assert account is not None
                     postings.append(Posting(account, LedgerAccount.CASH, held, self.currency))
                     moves.append([overpayment_id, place, "reversed", held])
-                    excess -= held
+                    remaining -= held
         elif excess:
             from_credit = min(excess, -self.balances.get(CUSTOMER_CREDIT, 0))
             if from_credit:
                 postings.append(
                     Posting(CUSTOMER_CREDIT, LedgerAccount.CASH, from_credit, self.currency)
                 )
-                excess -= from_credit
-        shortfall += excess
-        if shortfall:
-            postings.append(Posting(RECEIVABLE, LedgerAccount.CASH, shortfall, self.currency))
+                remaining -= from_credit
+        if remaining:
+            postings.append(Posting(RECEIVABLE, LedgerAccount.CASH, remaining, self.currency))
         self._emit(
             ev.PaymentReturned,
             timestamp=now,
@@ -651,7 +666,7 @@ class OverpaymentHandling:
             amount_minor=amount_minor,
             currency=self.currency,
             reason=reason,
-            shortfall_minor=excess,
+            shortfall_minor=max(remaining - payment["settled"], 0),
             **origin,
         )
 
@@ -665,6 +680,16 @@ class OverpaymentHandling:
             raise DomainRuleError(f"no invoice {invoice_id} on account {self.account_id}")
         if invoice["voided"]:
             raise DomainRuleError(f"invoice {invoice_id} was voided already")
+        disputed = [
+            dispute_id
+            for dispute_id, dispute in self.disputes.items()
+            if dispute.get("invoice_id") == invoice_id and dispute["status"] != "resolved"
+        ]
+        if disputed:
+            raise DomainRuleError(
+                f"invoice {invoice_id} is disputed ({', '.join(disputed)}): resolve the dispute"
+                " before voiding it"
+            )
         amount = int(invoice["amount"])
         unpaid = min(amount, self.balances.get(RECEIVABLE, 0))
         paid = amount - unpaid
@@ -698,8 +723,15 @@ class OverpaymentHandling:
             raise StaleFiring(f"overpayment {overpayment_id} is {overpayment['status']}")
         if now < datetime.fromisoformat(due):
             raise NotDueYet(f"self-correction of {overpayment_id} is due at {due}")
-        overpayment["self_corrected"] = True  # set before the event: read when invoices come
-        self._resolve(overpayment_id, "credit", SCHEDULER_ACTOR, policy, now, automatic=True)
+        self._resolve(
+            overpayment_id,
+            "credit",
+            SCHEDULER_ACTOR,
+            policy,
+            now,
+            automatic=True,
+            self_corrected=True,
+        )
 
     def escheat(self, *, policy: Policy, now: datetime) -> None:
         """Credit owed and unclaimed past the jurisdiction's dormancy period goes to the state."""

@@ -158,17 +158,27 @@ class OverpaymentResolved(Decision):
     """A verified overpayment got its resolution (`automatic`: small credit or self-correction)."""
 
     TOPIC = "overpayment_resolved"
+    class_version = 2
 
     overpayment_id: str
     resolution: str
     automatic: bool
     escrow_expires_at: str | None
     coupon_code: str | None
+    self_corrected: bool
+    """Applied by the monthly self-correction (its credit not absorbed raises a follow-up)."""
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """v2 records the self-correction in the event (v1 set it outside any event)."""
+        state.setdefault("self_corrected", False)
 
     def update(self, aggregate: Any) -> None:
         """Record the resolution."""
         overpayment = aggregate.overpayments[self.overpayment_id]
         overpayment["status"] = "resolved"
+        if self.self_corrected:
+            overpayment["self_corrected"] = True
         overpayment["resolution"] = self.resolution
         overpayment["escrow_expires_at"] = self.escrow_expires_at
         if self.coupon_code is not None:

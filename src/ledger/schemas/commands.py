@@ -18,15 +18,7 @@ import uuid
 from typing import Annotated, Final, Literal
 
 import orjson
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    Strict,
-    TypeAdapter,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from ledger.schemas.inbound import Date, Identifier, MoneyIn, Text, Timestamp, parse_message
 
@@ -228,10 +220,8 @@ class PlanDisputeIn(_DisputeCommandIn):
     """An installment plan for what is owed in the dispute (any part forgiven written off)."""
 
     type: Literal["dispute.plan"]
-    installments: Annotated[tuple[InstallmentIn, ...], Strict(False)] = Field(
-        min_length=1, max_length=120
-    )
-    """A JSON array (strict validation takes only a Python tuple for a tuple field)."""
+    installments: tuple[InstallmentIn, ...] = Field(min_length=1, max_length=120, strict=False)
+    """A JSON array (not strict: strict mode takes only a tuple); each item is strict."""
     forgiven_minor: int = Field(default=0, ge=0)
 
 
