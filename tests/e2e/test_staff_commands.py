@@ -139,7 +139,7 @@ def test_staff_commands_from_the_cli(
     with running_ledger(env, tmp_path / "run2.log"):
         code, out, err = staff(
             env, *reject, "--reason", "late", "--command-id", command_id.group(1),
-            actor="a", role="accounting",
+            "--timeout", "90", actor="a", role="accounting",
         )  # fmt: skip
         assert code == 2 and "is resolved, not awaiting verification" in err
         # Published twice (first run and retry), refused and recorded once.
