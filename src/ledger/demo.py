@@ -4,7 +4,9 @@ Two overpayments go the whole way. The first (USD 600.00 on a monthly account) i
 once with the options the policy allows, verified by the two departments its size needs,
 refunded by a manager; the demo's processor fails the refund once, staff retry it and it
 settles. The second (USD 80.00 on a retail account) is put in escrow, and the scheduler releases
-it at expiry (the demo's policy shortens the escrow period) to a refund, which settles. Staff
+it at expiry (the demo's policy shortens the escrow period) to a refund, which settles. Then a
+customer disputes a USD 120.00 bill by phone: a representative is assigned, two contacts are
+logged, a plan of two installments is agreed and paid, and the feedback recorded. Staff
 commands go the CLI's way (`ledger.staff`): checked, published with the outcome header, and the
 recorded outcome awaited.
 """
@@ -16,6 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,13 +30,17 @@ from ledger import limits
 from ledger.demo_print import print_summary
 from ledger.demo_script import (
     ACCOUNTING,
+    AGENT,
     DEMO_ESCROW_PERIOD,
     MANAGER,
+    REP,
     RISK,
     SUPERVISOR,
     DemoAccounts,
     StaffMember,
+    dispute_facts,
     fact,
+    installment_payment,
     opening_facts,
     write_demo_policy,
 )
@@ -61,7 +68,7 @@ from ledger.staff import (
     wait_for_outcome,
 )
 from ledger.storage import open_storage
-from projections import follow_up_queries, overpayment_queries, queries
+from projections import dispute_queries, follow_up_queries, overpayment_queries, queries
 
 DEMO_TIMEOUT_S = 90.0
 """The whole scenario's bound (it takes about 30 s on two cores)."""
@@ -161,6 +168,7 @@ class _Demo:
             self._detect()
             self._refund_fails_then_settles()
             self._escrow_released_at_expiry()
+            self._dispute_from_a_phone_call()
             return self._summary()
         finally:
             tail.close()
@@ -302,6 +310,105 @@ class _Demo:
         )
         self.say(f"  done: {self.places(row)}")
 
+    def _dispute_from_a_phone_call(self) -> None:
+        account = self.accounts.dispute
+        self.step(f"the processor opens {account} and bills it USD 120.00")
+        for what, key, line in dispute_facts(self.accounts):
+            self.producer.send(PAYMENTS_INBOUND, key=key.encode(), value=line, headers=[])
+            self.say(f"  published: {what}")
+        self.producer.flush()
+        self.wait(f"{account} in the read model", lambda: self.balance_if(account, 12000))
+        self.step("the customer calls: the bill is disputed by phone")
+        opening = {
+            "channel": "phone",
+            "reason": "billed for a week without service",
+            "amount": {"value": 12000, "currency": "USD"},
+            "invoice_id": "inv-9",
+        }
+        self.command(AGENT, "dispute.open", account, opening, None)
+        row = self.wait(f"the dispute on {account}", lambda: self.dispute_of(account))
+        dispute_id = row["dispute_id"]
+        self.say(
+            f"  {dispute_id}: {self.money(row['held'])} moved from receivable to dispute_hold"
+            f" (not asked for while disputed); first response due {row['first_response_due']}"
+        )
+        self.step(f"a supervisor gives {dispute_id} a dedicated representative")
+        self.command(
+            SUPERVISOR,
+            "dispute.assign",
+            dispute_id,
+            {"dispute_id": dispute_id, "rep": REP.actor_id},
+            None,
+        )
+        self.step("two contacts are logged (the customer's words stay out of ledger.events)")
+        promise_by = (datetime.now(UTC) + timedelta(days=2)).date().isoformat()
+        for direction, summary, promise in (
+            ("in", "The customer explains the outage week.", None),
+            ("out", "Offered a plan in two installments.", "send the plan in writing"),
+        ):
+            fields: dict[str, Any] = {
+                "dispute_id": dispute_id,
+                "channel": "phone",
+                "direction": direction,
+                "summary": summary,
+            }
+            if promise is not None:
+                fields.update(promise=promise, promise_by=promise_by)
+            self.command(REP, "dispute.log", dispute_id, fields, None)
+        self.step("a plan is agreed: USD 40.00 and USD 80.00")
+        today = datetime.now(UTC).date()
+        plan = {
+            "dispute_id": dispute_id,
+            "installments": [
+                {"due_date": (today + timedelta(days=30)).isoformat(), "amount_minor": 4000},
+                {"due_date": (today + timedelta(days=60)).isoformat(), "amount_minor": 8000},
+            ],
+        }
+        self.command(REP, "dispute.plan", dispute_id, plan, 12000)
+        self.say("  USD 120.00 back from dispute_hold to receivable, owed on the plan's schedule")
+        self.step("the customer pays both installments; the plan is complete")
+        for number, amount in ((1, 4000), (2, 8000)):
+            line = installment_payment(self.accounts, number, amount)
+            self.producer.send(PAYMENTS_INBOUND, key=account.encode(), value=line, headers=[])
+        self.producer.flush()
+        row = self.wait(
+            "the completed plan",
+            lambda: self.dispute_if(dispute_id, lambda r: r["status"] == "resolved"),
+        )
+        self.say(f"  {dispute_id}: {row['status']} ({row['outcome']})")
+        self.step("the customer's feedback is recorded")
+        feedback = {"dispute_id": dispute_id, "score": 5, "comment": "Sorted out on one call."}
+        self.command(REP, "dispute.feedback", dispute_id, feedback, None)
+        row = self.wait(
+            "the feedback",
+            lambda: self.dispute_if(dispute_id, lambda r: r["feedback_score"] is not None),
+        )
+        self.say(f"  score {row['feedback_score']} of 5")
+
+    def balance_if(self, account_id: str, receivable: int) -> dict[str, Any] | None:
+        """The account's balance once its receivable is as given."""
+        try:
+            answer = queries.balance(self.storage.database, account_id)
+        except queries.NotFound:
+            return None
+        return answer if answer["receivable"] == receivable else None
+
+    def dispute_of(self, account_id: str) -> dict[str, Any] | None:
+        """The account's first dispute in the read model."""
+        rows = dispute_queries.disputes(self.storage.database, account_id=account_id)
+        found: list[dict[str, Any]] = rows["disputes"]
+        return found[0] if found else None
+
+    def dispute_if(
+        self, dispute_id: str, condition: Callable[[dict[str, Any]], bool]
+    ) -> dict[str, Any] | None:
+        """The dispute's read-model row if it meets the condition."""
+        try:
+            row = dispute_queries.dispute(self.storage.database, dispute_id)
+        except queries.NotFound:
+            return None
+        return row if condition(row) else None
+
     # ----------------------------------------------------------------- the parts
 
     def command(
@@ -310,7 +417,7 @@ class _Demo:
         command_type: str,
         item_id: str,
         fields: dict[str, Any],
-        amount_minor: int,
+        amount_minor: int | None,
     ) -> None:
         """One staff command as the CLI gives it: checked, published, its outcome awaited."""
         account_id = item_id.rsplit(":", 2)[0]
@@ -441,10 +548,11 @@ class _Demo:
             topic: [r for r in records if self.accounts.suffix.encode() in (r.key or b"")]
             for topic, records in self.tail.records.items()
         }
-        account_ids = (self.accounts.refund, self.accounts.escrow)
+        account_ids = (self.accounts.refund, self.accounts.escrow, self.accounts.dispute)
         return {
             "account_id": self.accounts.refund,
             "escrow_account_id": self.accounts.escrow,
+            "dispute_account_id": self.accounts.dispute,
             "policy": {
                 "source": str(self.settings.policy),
                 "version": self.policy.version,
@@ -465,6 +573,9 @@ class _Demo:
             "balances": {a: queries.balance(database, a) for a in account_ids},
             "trial_balance": queries.trial_balance(database),
             "follow_ups": follow_up_queries.follow_ups(database),
+            "disputes": dispute_queries.disputes(database, account_id=self.accounts.dispute)[
+                "disputes"
+            ],
         }
 
     def overpayments_of(self, account_id: str) -> dict[str, Any]:

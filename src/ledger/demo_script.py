@@ -29,11 +29,13 @@ ACCOUNTING = StaffMember("ana.accounting", "accounting")
 RISK = StaffMember("raj.risk", "risk_management")
 MANAGER = StaffMember("mia.manager", "manager")
 SUPERVISOR = StaffMember("sam.supervisor", "supervisor")
+AGENT = StaffMember("al.agent", "agent")
+REP = StaffMember("rita.rep", "agent")
 
 
 @dataclass(frozen=True)
 class DemoAccounts:
-    """The demo's two accounts (ids carry a random suffix: a shared broker keeps old runs)."""
+    """The demo's accounts (ids carry a random suffix: a shared broker keeps old runs)."""
 
     suffix: str
 
@@ -46,6 +48,11 @@ class DemoAccounts:
     def escrow(self) -> str:
         """The retail account whose USD 80.00 overpayment goes into escrow."""
         return f"ACC-ESCROW-{self.suffix}"
+
+    @property
+    def dispute(self) -> str:
+        """The utility account whose USD 120.00 bill is disputed by phone."""
+        return f"ACC-DISPUTE-{self.suffix}"
 
     @property
     def nobody(self) -> str:
@@ -171,6 +178,54 @@ def opening_facts(accounts: DemoAccounts) -> list[tuple[str, str, bytes]]:
             ),
         ),
     ]
+
+
+def dispute_facts(accounts: DemoAccounts) -> list[tuple[str, str, bytes]]:
+    """The facts of the disputed account: opened and billed USD 120.00."""
+    s, c = accounts.suffix, accounts.dispute
+    return [
+        (
+            f"{c}: open a utility account in USD",
+            c,
+            fact(
+                s,
+                c,
+                "evt-8",
+                "account.opened",
+                customer_id="cust-99",
+                kind="utility",
+                jurisdiction="US-CA",
+                currency="USD",
+            ),
+        ),
+        (
+            f"{c}: bill it USD 120.00",
+            c,
+            fact(
+                s,
+                c,
+                "evt-9",
+                "invoice.issued",
+                invoice_id="inv-9",
+                amount=usd(12000),
+                due_date="2026-12-15",
+            ),
+        ),
+    ]
+
+
+def installment_payment(accounts: DemoAccounts, number: int, amount_minor: int) -> bytes:
+    """The customer pays one installment of the plan."""
+    c = accounts.dispute
+    return fact(
+        accounts.suffix,
+        c,
+        f"evt-plan-{number}",
+        "payment.received",
+        payment_id=f"{c}-installment-{number}",
+        amount=usd(amount_minor),
+        method="card",
+    )
 
 
 def write_demo_policy(directory: Path) -> Path:

@@ -19,7 +19,7 @@ def _types(events: list[dict[str, Any]]) -> list[str]:
     return [event["type"] for event in events]
 
 
-def test_demo_walks_a_refund_failed_once_and_an_escrow_released_at_expiry() -> None:
+def test_demo_walks_two_overpayments_and_a_dispute_from_a_phone_call() -> None:
     port = free_port()
     env = dict(os.environ, LEDGER_BROKER_PORT=str(port), LEDGER_LOG_FORMAT="json")
     env.pop("LEDGER_KAFKA_BOOTSTRAP", None)
@@ -76,7 +76,8 @@ def test_demo_walks_a_refund_failed_once_and_an_escrow_released_at_expiry() -> N
     )
 
     # The notifications: sent at detection, with the amount and the options, before verification.
-    notes = {n["account_id"]: n for n in summary["notifications"]}
+    c = summary["dispute_account_id"]
+    notes = {n["account_id"]: n for n in summary["notifications"] if n["account_id"] != c}
     assert sorted(notes) == [a, b]
     assert notes[a] == {
         "notification_id": f"{a}:4:overpayment_detected",
@@ -114,6 +115,12 @@ def test_demo_walks_a_refund_failed_once_and_an_escrow_released_at_expiry() -> N
         ("refund.retry", "manager", "accepted"),
         ("overpayment.verify", "accounting", "accepted"),
         ("overpayment.resolve", "supervisor", "accepted"),
+        ("dispute.open", "agent", "accepted"),
+        ("dispute.assign", "supervisor", "accepted"),
+        ("dispute.log", "agent", "accepted"),
+        ("dispute.log", "agent", "accepted"),
+        ("dispute.plan", "agent", "accepted"),
+        ("dispute.feedback", "agent", "accepted"),
     ]
     assert [(o["overpayment_id"], o["places"], o["open"]) for o in summary["overpayments"]] == [
         (f"{a}:op:4", {"refunded": 60000}, False),
@@ -151,8 +158,53 @@ def test_demo_walks_a_refund_failed_once_and_an_escrow_released_at_expiry() -> N
         "cash": 4000,
         "revenue": 4000,
     }
+    # The dispute from a phone call: held, planned, paid by installments, feedback recorded.
+    assert {k: v for k, v in balances[c].items() if k != "position"} == {
+        "account_id": c,
+        "currency": "USD",
+        **zero,
+        "cash": 12000,
+        "revenue": 12000,
+    }
+    history_c = summary["history"][c]
+    assert [e for e in _types(history_c) if not e.startswith("follow_up")] == [
+        "account_opened",
+        "invoice_issued",
+        "dispute_opened",
+        "dispute_assigned",
+        "dispute_contact_logged",
+        "dispute_contact_logged",
+        "dispute_plan_agreed",
+        "payment_received",
+        "dispute_installments_paid",
+        "payment_received",
+        "dispute_installments_paid",
+        "dispute_resolved",
+        "dispute_feedback_recorded",
+    ]
+    postings = {e["type"]: e["postings"] for e in history_c if e["postings"]}
+    assert postings["dispute_opened"] == [
+        {"debit": "dispute_hold", "credit": "receivable", "amount": 12000, "currency": "USD"}
+    ]
+    assert postings["dispute_plan_agreed"] == [
+        {"debit": "receivable", "credit": "dispute_hold", "amount": 12000, "currency": "USD"}
+    ]
+    (dispute,) = summary["disputes"]
+    assert (dispute["status"], dispute["outcome"], dispute["rep"]) == (
+        "resolved",
+        "plan_completed",
+        "rita.rep",
+    )
+    assert dispute["feedback_score"] == 5
+    assert [i["status"] for i in dispute["plan"]] == ["paid", "paid"]
+    # The customer's words never reach ledger.events' public JSON, nor the notifications.
+    text = orjson.dumps([history_c, summary["notifications"]]).decode()
+    assert "outage week" not in text and "one call" not in text
+    statuses = [n["status"] for n in summary["notifications"] if n["account_id"] == c]
+    assert statuses[0] == "open" and statuses[-1] == "resolved"
+
     usd = summary["trial_balance"]["currencies"]["USD"]
     assert usd["total"] == 0
-    assert usd["accounts"]["cash"] == 16000
+    assert usd["accounts"]["cash"] == 28000
     assert usd["accounts"]["refund_clearing"] == 0
     assert summary["follow_ups"]["follow_ups"] == []
