@@ -25,6 +25,7 @@ import itertools
 import os
 import random
 import threading
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -225,6 +226,7 @@ class Group:
     stores: list[EventStore] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
+    tracebacks: list[str] = field(default_factory=list)
 
     def handled(self) -> int:
         return sum(c.applied + c.duplicates for c in self.consumers)
@@ -270,6 +272,7 @@ def test_commands_while_facts_flow(broker: EmbeddedBroker, database_url: str, gr
             consumer.run()
         except BaseException as error:
             group.errors.append(error)
+            group.tracebacks.append(traceback.format_exc())
 
     for _ in range(WORKERS):
         store = open_event_store(target)
@@ -294,7 +297,7 @@ def test_commands_while_facts_flow(broker: EmbeddedBroker, database_url: str, gr
         )
 
     wait_for(settled, "both workers to share the partitions of both topics", 90)
-    assert group.errors == []
+    assert group.errors == [], group.tracebacks
     for assignment in group.owned():
         numbers = {t: sorted(tp.partition for tp in assignment if tp.topic == t) for t in names[:2]}
         assert numbers[facts_topic] == numbers[commands_topic], numbers
@@ -335,7 +338,7 @@ def test_commands_while_facts_flow(broker: EmbeddedBroker, database_url: str, gr
     for thread in group.threads:
         thread.join(timeout=30)
     dead_letters.close()
-    assert group.errors == []
+    assert group.errors == [], group.tracebacks
 
     # No conflict, no rewind: every change went through the account's one writer.
     assert sum(c.conflicts for c in group.consumers) == 0
