@@ -48,7 +48,7 @@ def _throughput_row(label: str, figures: dict[str, Any]) -> tuple[str, str, str,
     )
 
 
-CPU_ROLES = ("ingest", "relay", "projections", "broker", "publisher", "postgres")
+CPU_ROLES = ("ingest", "relay", "projections", "scheduler", "broker", "publisher", "postgres")
 """The system phase's processes, in the order the table shows their CPU."""
 
 
