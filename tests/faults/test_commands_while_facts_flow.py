@@ -57,7 +57,7 @@ from tests.books import invoice, opened, payment
 from tests.waiting import wait_for
 
 DEEP = os.environ.get("LEDGER_DEEP_TESTS") == "1"
-ACCOUNTS, COMMANDS, FACTS = (200, 5_000, 20_000) if DEEP else (24, 400, 1_600)
+ACCOUNTS, COMMANDS, FACTS = (200, 5_000, 20_000) if DEEP else (60, 1_200, 4_800)
 PARTITIONS = 4
 WORKERS = 2
 SEND_CHUNK = 50

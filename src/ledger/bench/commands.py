@@ -80,7 +80,7 @@ def round_trips(events: int) -> int:
 
 def firings(events: int) -> int:
     """How many due items a run of `events` fires (and facts it applies to compare)."""
-    return max(FIRINGS_MIN, min(FIRINGS_MAX, events // 10))
+    return max(FIRINGS_MIN, min(FIRINGS_MAX, events // 4))
 
 
 class _Commands:
