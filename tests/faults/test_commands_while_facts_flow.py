@@ -227,6 +227,7 @@ class Group:
     threads: list[threading.Thread] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
     tracebacks: list[str] = field(default_factory=list)
+    producers: list[ResilientProducer] = field(default_factory=list)
 
     def handled(self) -> int:
         return sum(c.applied + c.duplicates for c in self.consumers)
@@ -247,6 +248,8 @@ def group() -> Iterator[Group]:
     running.stop.set()
     for thread in running.threads:
         thread.join(timeout=30)
+    for producer in running.producers:
+        producer.close()
     for store in running.stores:
         store.close()
     assert not any(thread.is_alive() for thread in running.threads), "a worker kept running"
@@ -264,7 +267,6 @@ def test_commands_while_facts_flow(broker: EmbeddedBroker, database_url: str, gr
     ensure_topics(broker.bootstrap, PARTITIONS, names)
     target = parse_database_url(database_url)
     open_event_store(target, create_table=True).close()
-    dead_letters = ResilientProducer(broker.bootstrap, stop=group.stop)
     consumer_group = f"cwf-{suffix}"
 
     def run(consumer: IngestConsumer) -> None:
@@ -278,6 +280,10 @@ def test_commands_while_facts_flow(broker: EmbeddedBroker, database_url: str, gr
         store = open_event_store(target)
         group.stores.append(store)
         service = IngestService(store, policy=POLICY, clock=CLOCK)
+        # One producer per worker, as one per worker process: a ResilientProducer is not
+        # thread-safe.
+        dead_letters = ResilientProducer(broker.bootstrap, stop=group.stop)
+        group.producers.append(dead_letters)
         consumer = IngestConsumer(
             bootstrap=broker.bootstrap,
             services={facts_topic: service, commands_topic: CommandService(service)},
@@ -297,7 +303,7 @@ def test_commands_while_facts_flow(broker: EmbeddedBroker, database_url: str, gr
         )
 
     wait_for(settled, "both workers to share the partitions of both topics", 90)
-    assert group.errors == [], group.tracebacks
+    assert group.errors == [], "\n".join(group.tracebacks)
     for assignment in group.owned():
         numbers = {t: sorted(tp.partition for tp in assignment if tp.topic == t) for t in names[:2]}
         assert numbers[facts_topic] == numbers[commands_topic], numbers
@@ -337,8 +343,7 @@ def test_commands_while_facts_flow(broker: EmbeddedBroker, database_url: str, gr
     group.stop.set()
     for thread in group.threads:
         thread.join(timeout=30)
-    dead_letters.close()
-    assert group.errors == [], group.tracebacks
+    assert group.errors == [], "\n".join(group.tracebacks)
 
     # No conflict, no rewind: every change went through the account's one writer.
     assert sum(c.conflicts for c in group.consumers) == 0
