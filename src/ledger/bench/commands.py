@@ -61,7 +61,8 @@ VOID_EVERY = 10
 """Every tenth paced invoice is voided after it is paid (an overpayment, detected)."""
 RETURN_EVERY = 7
 """Every seventh paced payment comes back (`payment.returned`)."""
-OUTCOME_POLL_S = 0.001
+OUTCOME_POLL_S = 0.002
+"""How often the round trip looks for the outcome row (as the latency phase polls its reader)."""
 SETTLE_TIMEOUT_S = 300.0
 """Longest wait for the worker to take its partitions, apply the setup, or a burst."""
 STOP_TIMEOUT_S = 30.0
