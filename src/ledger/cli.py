@@ -1083,7 +1083,9 @@ def bench(
     accounts: Annotated[int, typer.Option("--accounts", help="Accounts they spread over.")] = 1_000,
     only: Annotated[
         str | None,
-        typer.Option("--only", help="Comma-separated: ingest,system,latency,rebuild,load."),
+        typer.Option(
+            "--only", help="Comma-separated: ingest,system,latency,commands,rebuild,load."
+        ),
     ] = None,
     workers: Annotated[
         int | None,

@@ -94,6 +94,7 @@ def test_bench_json_document(bench_env: str) -> None:
     assert _latency_ordered(document["latency"])
     assert _latency_ordered(document["latency"]["ledger_events"])
     assert _positive(document["system"]["ratio"])
+    _check_commands(document["commands"])
     assert _positive(document["load_ms"])
     memory = document["memory"]
     assert all(_positive(memory[key]) for key in ("start_mb", "end_mb", "peak_mb"))
@@ -107,12 +108,38 @@ def test_bench_json_document(bench_env: str) -> None:
         assert not Path(parse_database_url(database_url).sqlite_path or "").exists()
 
 
+def _check_commands(commands: dict[str, Any]) -> None:
+    """The commands phase's figures: shape and sanity, never speed."""
+    trip = commands["round_trip_ms"]
+    assert _positive(trip["p50"]) and trip["p50"] <= trip["p99"] <= trip["max"]
+    assert commands["round_trips"] >= 20
+    assert all(_positive(commands[key]) for key in ("fire_per_s", "facts_per_s", "ratio"))
+    assert commands["firings"] >= 50
+    # The paced facts mix in the new inbound types; nothing ever conflicted or rewound.
+    assert {"invoice.voided", "payment.returned"} <= commands["paced_mix"].keys()
+    assert commands["conflicts"] == 0 and commands["rewinds"] == 0
+
+
+def test_bench_commands_phase_alone(bench_env: str) -> None:
+    """`--only commands` at the smallest size: its figures, and no other phase run."""
+    result = CliRunner().invoke(
+        app, ["bench", "--events", "100", "--only", "commands", "--json"], catch_exceptions=False
+    )
+
+    assert result.exit_code == 0, result.output
+    document = orjson.loads(result.stdout)
+    _check_commands(document["commands"])
+    assert document["commands"]["firings"] == 50
+    assert all(document[phase] is None for phase in ("ingest", "system", "latency", "rebuild"))
+
+
 @pytest.mark.parametrize(
     ("options", "reason"),
     [
         (
             ["--only", "nonsense"],
-            "unknown phase(s) ['nonsense']; choose from ingest, system, latency, rebuild, load",
+            "unknown phase(s) ['nonsense']; choose from"
+            " ingest, system, latency, commands, rebuild, load",
         ),
         (["--only", "ingest,,rebuilt"], "unknown phase(s) ['rebuilt']; choose from"),
         (["--events", "99"], "--events must be at least 100"),
@@ -165,8 +192,10 @@ def test_bench_system_and_latency(bench_env: str) -> None:
     roles = {"ingest", "relay", "projections", "broker", "publisher"}
     if document["backend"] == "postgresql":
         roles.add("postgres")
+    # `ledger run` also runs the scheduler, which the no-domain baseline has no counterpart of.
+    assert system["cpu_us_per_event"].keys() == roles | {"scheduler"}
+    assert system["baseline_cpu_us_per_event"].keys() == roles
     for figures in (system["cpu_us_per_event"], system["baseline_cpu_us_per_event"]):
-        assert figures.keys() == roles
         # The OS counts CPU in 10 ms ticks: a short run can see 0 for a light process.
         assert all(isinstance(value, int | float) and value >= 0 for value in figures.values())
         assert _positive(figures["ingest"] + figures["relay"])

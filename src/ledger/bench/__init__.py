@@ -16,6 +16,7 @@ import orjson
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
+from ledger.bench.commands import measure_commands
 from ledger.bench.ingest import measure_ingest
 from ledger.bench.latency import measure_latency
 from ledger.bench.rebuild import measure_load, measure_rebuild, populate
@@ -26,7 +27,7 @@ from ledger.bench.workload import build_workload
 from ledger.kafka.clients import check_crc32c
 from ledger.settings import Settings
 
-PHASES = ("ingest", "system", "latency", "rebuild", "load")
+PHASES = ("ingest", "system", "latency", "commands", "rebuild", "load")
 """What `--only` can select, in the order they run; memory is sampled during the ingest phase."""
 
 
@@ -67,6 +68,7 @@ def run_bench(
         "ingest": None,
         "system": None,
         "latency": None,
+        "commands": None,
         "rebuild": None,
         "load_ms": None,
         "memory": None,
@@ -91,7 +93,7 @@ def run_bench(
         document["mix"] = workload.counts
         # The system and latency phases run the ledger's own workers, on brokers of their own.
         document["broker"] = None
-        if "ingest" in phases:
+        if "ingest" in phases or "commands" in phases:
             scratch.start_broker()
             document["broker"] = scratch.broker_kind
         store_url: str | None = None
@@ -104,6 +106,8 @@ def run_bench(
             document["system"] = measure_system(scratch, workload, progress, workers=workers)
         if "latency" in phases:
             document["latency"] = measure_latency(scratch, events, progress)
+        if "commands" in phases:
+            document["commands"] = measure_commands(scratch, events, progress)
         if "rebuild" in phases:
             if store_url is None:
                 store_url = scratch.database_url("rebuild")

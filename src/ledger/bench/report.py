@@ -48,7 +48,7 @@ def _throughput_row(label: str, figures: dict[str, Any]) -> tuple[str, str, str,
     )
 
 
-CPU_ROLES = ("ingest", "relay", "projections", "broker", "publisher", "postgres")
+CPU_ROLES = ("ingest", "relay", "projections", "scheduler", "broker", "publisher", "postgres")
 """The system phase's processes, in the order the table shows their CPU."""
 
 
@@ -128,6 +128,21 @@ def table(document: dict[str, Any]) -> Table:
                 "",
                 "",
             )
+    commands = document.get("commands")
+    if commands:
+        trip = commands["round_trip_ms"]
+        result.add_row(
+            "staff command round trip p50 / p99 / max",
+            f"{trip['p50']} / {trip['p99']} / {trip['max']} ms",
+            "",
+            f"facts at {commands['rate_per_s']:,}/s (p99 target < 250 ms)",
+        )
+        result.add_row(
+            f"scheduler firings applied (per s, {commands['firings']:,} due items)",
+            _number(commands["fire_per_s"]),
+            _number(commands["facts_per_s"]),
+            f"{commands['ratio']:.2f} of facts/s (target >= 0.50)",
+        )
     rebuild = document.get("rebuild")
     if rebuild:
         result.add_row(*_throughput_row("rebuild (events/s)", rebuild))

@@ -130,6 +130,16 @@ class Scratch:
         self._topics.extend((topic, dlq_topic))
         return topic, dlq_topic
 
+    def co_partitioned_topics(self, purpose: str) -> tuple[str, str]:
+        """A fresh facts topic and commands topic of equal partition counts (the account
+        worker's pair), with their dead-letter topics (`<topic>.dlq`)."""
+        facts = f"bench-{self.run_id}-{purpose}.payments.inbound"
+        commands = f"bench-{self.run_id}-{purpose}.ledger.commands"
+        names = (facts, commands, f"{facts}.dlq", f"{commands}.dlq")
+        ensure_topics(self.bootstrap, self.settings.partitions, names=names)
+        self._topics.extend(names)
+        return facts, commands
+
     def close(self) -> None:
         """Delete the topics, drop the databases, stop our broker, remove the directory."""
         if self._topics and self._broker is None and self.bootstrap:

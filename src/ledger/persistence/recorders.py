@@ -156,9 +156,12 @@ class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder)
         # expressions, about 7x slower for the event array.
         outcomes = Identifier(self.datastore.schema or "public", OUTCOMES_TABLE)
         self.sql_create_statements.append(SQL(create_table_sql("{0}")).format(outcomes))
+        # One statement of column arrays, not executemany: executemany inside the pipeline the
+        # library commits in once left the events insert's RETURNING unreadable ("the last
+        # operation didn't produce records (command status: INSERT 0 1)").
         self._insert_outcomes_statement = SQL(
             "INSERT INTO {0} (" + ", ".join(OUTCOME_COLUMNS) + ")"
-            " VALUES (" + ", ".join(["%s"] * len(OUTCOME_COLUMNS)) + ")"
+            " SELECT * FROM unnest(" + ", ".join(["%b::text[]"] * len(OUTCOME_COLUMNS)) + ")"
         ).format(outcomes)
         self._select_outcomes_statement = SQL(
             "SELECT account_id, command_id, body_sha256 FROM {0}"
@@ -198,8 +201,10 @@ class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder)
             curs.execute(self._insert_keys_statement, (list(keys),))
         outcomes: Sequence[CommandOutcome] = kwargs.get("outcomes") or ()
         if outcomes:
-            curs.executemany(
-                self._insert_outcomes_statement, [outcome.row() for outcome in outcomes]
+            rows = [outcome.row() for outcome in outcomes]
+            curs.execute(
+                self._insert_outcomes_statement,
+                [list(column) for column in zip(*rows, strict=True)],
             )
         super()._insert_events(curs, stored_events, **kwargs)
 
