@@ -48,7 +48,7 @@ def _throughput_row(label: str, figures: dict[str, Any]) -> tuple[str, str, str,
     )
 
 
-CPU_ROLES = ("ingest", "relay", "projections", "broker", "publisher", "postgres")
+CPU_ROLES = ("ingest", "relay", "projections", "scheduler", "broker", "publisher", "postgres")
 """The system phase's processes, in the order the table shows their CPU."""
 
 
@@ -80,6 +80,17 @@ def _system_rows(system: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         mine, theirs = ledger_cpu[role], baseline_cpu.get(role)
         note = f"{mine / theirs:.2f}x the baseline" if mine and theirs else ""
         rows.append((f"  CPU us per event: {role}", _cpu(mine), _cpu(theirs), note))
+    bare = system.get("bare_producer")
+    ratio = system.get("relay_vs_bare_producer")
+    if bare:
+        rows.append(
+            (
+                "  CPU us per event: relay vs a bare producer (same messages and batches)",
+                _cpu(ledger_cpu.get("relay")),
+                _cpu(bare["cpu_us_per_event"]),
+                "-" if ratio is None else f"{ratio:.2f}x the bare producer (target <= 1.3)",
+            )
+        )
     return rows
 
 

@@ -214,7 +214,7 @@ def run_baseline(config: dict[str, Any], stop: threading.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of a benchmark worker process."""
-    from ledger.bench import system_workers  # imports this module: only when run
+    from ledger.bench import bare_producer, system_workers  # import this module: only when run
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "publisher": system_workers.run_publisher,
         "baseline_relay": system_workers.run_baseline_relay,
         "baseline_projection": system_workers.run_baseline_projection,
+        "bare_producer": bare_producer.run_bare_producer,
     }
     runner = runners.get(config["kind"])
     if runner is None:
