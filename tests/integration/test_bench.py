@@ -177,6 +177,8 @@ def test_bench_system_and_latency(bench_env: str) -> None:
     assert _positive(bare["cpu_us_per_event"])
     relay_vs_bare = system["relay_vs_bare_producer"]
     assert relay_vs_bare is None or _positive(relay_vs_bare)  # a 10 ms tick can read 0
+    baseline_vs_bare = system["baseline_relay_vs_bare_producer"]
+    assert baseline_vs_bare is None or _positive(baseline_vs_bare)
     latency = document["latency"]
     assert _latency_ordered(latency)
     assert latency["events"] == latency["ledger_events"]["events"] == 200

@@ -91,6 +91,11 @@ def _system_rows(system: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "-" if ratio is None else f"{ratio:.2f}x the bare producer (target <= 1.3)",
             )
         )
+        baseline_ratio = system.get("baseline_relay_vs_bare_producer")
+        if baseline_ratio is not None:
+            rows.append(
+                ("    the baseline relay vs the bare producer", "", "", f"{baseline_ratio:.2f}x")
+            )
     return rows
 
 
