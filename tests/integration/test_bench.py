@@ -189,7 +189,7 @@ def test_bench_system_and_latency(bench_env: str) -> None:
     # Every stored event goes out once; overpayments also send a notification request.
     assert system["relayed_per_event"] > 1
     assert system["processes"]["ingest"] >= 1 and system["processes"]["relay"] >= 1
-    roles = {"ingest", "relay", "projections", "broker", "publisher"}
+    roles = {"ingest", "relay", "projections", "scheduler", "broker", "publisher"}
     if document["backend"] == "postgresql":
         roles.add("postgres")
     # `ledger run` also runs the scheduler, which the no-domain baseline has no counterpart of.
@@ -199,6 +199,15 @@ def test_bench_system_and_latency(bench_env: str) -> None:
         # The OS counts CPU in 10 ms ticks: a short run can see 0 for a light process.
         assert all(isinstance(value, int | float) and value >= 0 for value in figures.values())
         assert _positive(figures["ingest"] + figures["relay"])
+    # The relay's floor: a bare producer sent the relay's own messages of the timed run.
+    bare = system["bare_producer"]
+    assert bare["messages"] == pytest.approx(system["relayed_per_event"] * 1000, abs=1)
+    assert 1 <= bare["batches"] <= bare["messages"]
+    assert _positive(bare["cpu_us_per_event"])
+    relay_vs_bare = system["relay_vs_bare_producer"]
+    assert relay_vs_bare is None or _positive(relay_vs_bare)  # a 10 ms tick can read 0
+    baseline_vs_bare = system["baseline_relay_vs_bare_producer"]
+    assert baseline_vs_bare is None or _positive(baseline_vs_bare)
     latency = document["latency"]
     assert _latency_ordered(latency)
     assert latency["events"] == latency["ledger_events"]["events"] == 200

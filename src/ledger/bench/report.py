@@ -80,6 +80,22 @@ def _system_rows(system: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         mine, theirs = ledger_cpu[role], baseline_cpu.get(role)
         note = f"{mine / theirs:.2f}x the baseline" if mine and theirs else ""
         rows.append((f"  CPU us per event: {role}", _cpu(mine), _cpu(theirs), note))
+    bare = system.get("bare_producer")
+    ratio = system.get("relay_vs_bare_producer")
+    if bare:
+        rows.append(
+            (
+                "  CPU us per event: relay vs a bare producer (same messages and batches)",
+                _cpu(ledger_cpu.get("relay")),
+                _cpu(bare["cpu_us_per_event"]),
+                "-" if ratio is None else f"{ratio:.2f}x the bare producer (target <= 1.3)",
+            )
+        )
+        baseline_ratio = system.get("baseline_relay_vs_bare_producer")
+        if baseline_ratio is not None:
+            rows.append(
+                ("    the baseline relay vs the bare producer", "", "", f"{baseline_ratio:.2f}x")
+            )
     return rows
 
 

@@ -14,6 +14,11 @@ its position per partition batch (`run_baseline`, with row ids in commit order);
 those rows in order and producing, per row, as many messages as the ledger's relays sent per
 line in the ledger's run, with the same headers, producer and flush per batch; a projection
 upserting one row per row read with its position in the same transaction.
+
+The relay's floor is measured in the same run too (`ledger.bench.bare_producer`): a bare
+kafka-python producer of the relay's settings sending the relay's own messages of the timed run,
+in its batches, each to its partition; `relay_vs_bare_producer` is the relay's CPU per event over
+the bare producer's.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from ledger.bench.bare_producer import measure_bare_producer
 from ledger.bench.cpu import CpuMeter, per_event_us
 from ledger.bench.ingest import TIMEOUT_FLOOR_S, TIMEOUT_PER_EVENT_S, split_partitions
 from ledger.bench.processes import Worker, WorkerFailed, bench_worker
@@ -67,8 +73,9 @@ START_LINE_TIMEOUT_S = 10.0
 """Longest wait for the publisher to report its first send after the go."""
 BASELINE_INBOUND_TOPIC = "bench.baseline.inbound"
 BASELINE_EVENTS_TOPIC = "bench.baseline.events"
-ROLES = ("ingest", "relay", "projections", "broker", "publisher")
-"""The processes whose CPU is reported (plus `postgres` on PostgreSQL)."""
+ROLES = ("ingest", "relay", "projections", "scheduler", "broker", "publisher")
+"""The processes whose CPU is reported (plus `postgres` on PostgreSQL); the baseline has no
+scheduler (0)."""
 
 
 class _System(Protocol):
@@ -138,10 +145,12 @@ def time_system(
     label: str,
     progress: Progress,
     warmed_up: Callable[[], None] | None = None,
+    observe: Callable[[SystemProgress], None] | None = None,
 ) -> TimedRun:
     """Warm up, then time the publisher's lines through `system` and read each role's CPU.
 
-    `warmed_up` runs once the warm-up line has gone through, before the timing starts.
+    `warmed_up` runs once the warm-up line has gone through, before the timing starts;
+    `observe` is given every progress read during the timed run.
     """
     publisher.wait_ready()
     _wait(lambda: system.progress().settled(), f"{label}: warm-up", system.check, publisher.check)
@@ -165,6 +174,8 @@ def time_system(
         current = system.progress()
         # Read after the positions: the run was done by then (at most one poll earlier).
         now = time.monotonic()
+        if observe is not None:
+            observe(current)
         if ends is not None and current.caught_up(ends):
             spent = meter.stop()
             progress(label, events, events)
@@ -295,6 +306,13 @@ def measure_system(
     with running_ledger(scratch, "system", ingest_workers=workers) as ledger:
         publisher = _publisher(scratch, "system-publisher", ledger.bootstrap, PAYMENTS_INBOUND)
         sent_before: list[int] = []
+        relay_start: list[int] = []
+        relay_ends: set[int] = set()
+
+        def warmed_up() -> None:
+            sent_before.append(ledger.published_messages())
+            relay_start.append(min(ledger.progress().relays.values()))
+
         try:
             run = time_system(
                 ledger,
@@ -303,7 +321,8 @@ def measure_system(
                 database_url=ledger.database_url,
                 label="system",
                 progress=progress,
-                warmed_up=lambda: sent_before.append(ledger.published_messages()),
+                warmed_up=warmed_up,
+                observe=lambda current: relay_ends.update(current.relays.values()),
             )
             messages_per_event = (ledger.published_messages() - sent_before[0]) / events
             processes = {
@@ -311,6 +330,11 @@ def measure_system(
             }
         finally:
             publisher.stop()
+        progress("system: bare producer", 0, 1)
+        bare = measure_bare_producer(
+            scratch, ledger.bootstrap, after=relay_start[0], ends=sorted(relay_ends), events=events
+        )
+        progress("system: bare producer", 1, 1)
     baseline_system = BaselineSystem(scratch, messages_per_event, processes.get("ingest", 1))
     try:
         publisher = _publisher(
@@ -331,6 +355,8 @@ def measure_system(
         baseline_system.close()
     events_per_s = events / run.seconds
     baseline_per_s = events / baseline.seconds
+    cpu_us_per_event = _per_event(run, events, scratch.backend)
+    baseline_cpu_us_per_event = _per_event(baseline, events, scratch.backend)
     return {
         "events_per_s": round(events_per_s),
         "baseline_per_s": round(baseline_per_s),
@@ -340,6 +366,17 @@ def measure_system(
         "messages": events,
         "relayed_per_event": round(messages_per_event, 3),
         "processes": processes,
-        "cpu_us_per_event": _per_event(run, events, scratch.backend),
-        "baseline_cpu_us_per_event": _per_event(baseline, events, scratch.backend),
+        "cpu_us_per_event": cpu_us_per_event,
+        "baseline_cpu_us_per_event": baseline_cpu_us_per_event,
+        "bare_producer": bare,
+        "relay_vs_bare_producer": _over(cpu_us_per_event.get("relay"), bare["cpu_us_per_event"]),
+        # The bare producer runs alone, the relays among busy processes: the baseline relay's
+        # figure shows how much of the relay's is the sharing of the cores.
+        "baseline_relay_vs_bare_producer": _over(
+            baseline_cpu_us_per_event.get("relay"), bare["cpu_us_per_event"]
+        ),
     }
+
+
+def _over(numerator: float | None, denominator: float | None) -> float | None:
+    return round(numerator / denominator, 3) if numerator and denominator else None

@@ -71,12 +71,13 @@ def baseline_headers(
     return list(zip(CLOUDEVENT_HEADER_NAMES, values, strict=True))
 
 
-def _say(line: str) -> None:
+def say(line: str) -> None:
+    """One line to the driver, at once."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 
-def _wait_for_go(stop: threading.Event) -> bool:
+def wait_for_go(stop: threading.Event) -> bool:
     """Block until the driver writes a line to stdin; False on a stop or a closed stdin."""
     while not stop.is_set():
         readable, _, _ = select.select([sys.stdin], [], [], STDIN_WAIT_S)
@@ -99,12 +100,12 @@ def run_publisher(config: dict[str, Any], stop: threading.Event) -> None:
     producer = make_producer(bootstrap, client_id="ledger-bench-publisher")
     try:
         publish(bootstrap, topic, [warmup], producer=producer)
-        _say("ready")
-        if not _wait_for_go(stop):
+        say("ready")
+        if not wait_for_go(stop):
             return
-        _say(f"started {time.monotonic()!r}")
+        say(f"started {time.monotonic()!r}")
         ends = publish(bootstrap, topic, lines, producer=producer)
-        _say("done " + orjson.dumps(sorted(ends.items())).decode())
+        say("done " + orjson.dumps(sorted(ends.items())).decode())
         stop.wait()
     finally:
         producer.close(timeout=limits.producer_close_timeout_s)
@@ -148,7 +149,7 @@ class _RowTail:
 
     def run(self, stop: threading.Event, handle: Any) -> None:
         """Hand each page to `handle` until stopped; idle as the ledger's tailing does."""
-        _say("ready")
+        say("ready")
         while not stop.is_set():
             rows = self.page()
             if rows:
