@@ -78,12 +78,16 @@ def test_bench_json_document(bench_env: str) -> None:
     assert document["broker"] == "external"
     assert document["accounts"] == 100
     mix = document["mix"]
-    assert sum(mix[kind] for kind in ("opened", "invoice", "payment", "duplicate", "bad")) == 2000
+    kinds = ("opened", "invoice", "payment", "dispute_opened", "dispute_closed", "duplicate", "bad")
+    assert sum(mix[kind] for kind in kinds) == 2000
+    assert mix["dispute_opened"] > 0 and mix["dispute_closed"] > 0
     assert document["machine"]["cores"] >= 1
     assert document["machine"]["cpu"], "a figure names the machine it was measured on"
     assert document["ingest"]["messages"] == 2000
-    # The rebuild replayed every stored event: each fact applied, plus one per overpayment.
+    # The rebuild replayed every stored event: each fact applied, plus one per overpayment; a
+    # chargeback opened stores its dispute and a follow-up, one closed its outcome and closure.
     stored = mix["opened"] + mix["invoice"] + mix["payment"] + mix["overpayment"]
+    stored += 2 * (mix["dispute_opened"] + mix["dispute_closed"])
     assert document["rebuild"]["events"] == stored
     for phase in ("ingest", "rebuild"):
         figures = document[phase]

@@ -1,9 +1,10 @@
 """The benchmark's inbound traffic: a realistic, reproducible mix of processor events.
 
 Every account is opened first; then invoices, payments (some settling exactly, some short, about
-a quarter paying too much, which the ledger records as an overpayment), a small share of exact
-duplicates (the same event id again: nothing may change) and of bad lines (not JSON, a broken
-contract, an account nobody opened: each becomes a dead letter).
+a quarter paying too much, which the ledger records as an overpayment), a small share of
+processor chargebacks (`dispute.opened` on a paid payment, later `dispute.closed` won or lost),
+a small share of exact duplicates (the same event id again: nothing may change) and of bad lines
+(not JSON, a broken contract, an account nobody opened: each becomes a dead letter).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ DUPLICATE_SHARE = 0.01
 BAD_SHARE = 0.005
 INVOICE_SHARE = 0.5
 OVERPAYMENT_SHARE = 0.25
+DISPUTE_SHARE = 0.01
+"""Chargebacks opened (each stores its dispute and its first-response follow-up); about as many
+are closed later (the dispute resolved and its follow-up closed)."""
 PROCESSOR = "bench-pay"
 
 
@@ -91,6 +95,23 @@ class LineWriter:
             due_date="2030-01-31",
         )
 
+    def chargeback(
+        self, account_id: str, dispute_id: str, payment_id: str, amount_minor: int
+    ) -> InboundLine:
+        """A processor's chargeback of (part of) a payment."""
+        return self.line(
+            account_id,
+            "dispute.opened",
+            dispute_id=dispute_id,
+            amount={"value": amount_minor, "currency": "USD"},
+            reason="fraudulent",
+            payment_id=payment_id,
+        )
+
+    def chargeback_closed(self, account_id: str, dispute_id: str, outcome: str) -> InboundLine:
+        """The processor decides a chargeback."""
+        return self.line(account_id, "dispute.closed", dispute_id=dispute_id, outcome=outcome)
+
     def payment(
         self, account_id: str, payment_id: str, amount_minor: int, invoice_id: str | None = None
     ) -> InboundLine:
@@ -113,7 +134,18 @@ def build_workload(events: int, accounts: int, run_id: str, *, seed: int = 7) ->
     names = [account_name(run_id, index) for index in range(account_count)]
     owed = dict.fromkeys(names, 0)
     last_invoice: dict[str, str] = {}
-    counts = {"opened": 0, "invoice": 0, "payment": 0, "overpayment": 0, "duplicate": 0, "bad": 0}
+    counts = {
+        "opened": 0,
+        "invoice": 0,
+        "payment": 0,
+        "overpayment": 0,
+        "dispute_opened": 0,
+        "dispute_closed": 0,
+        "duplicate": 0,
+        "bad": 0,
+    }
+    last_payment: dict[str, tuple[str, int]] = {}
+    open_chargebacks: list[tuple[str, str]] = []
     lines = [writer.opening(name) for name in names]
     counts["opened"] = len(lines)
     bad_makers: Sequence[Callable[[], InboundLine]] = (
@@ -132,7 +164,21 @@ def build_workload(events: int, accounts: int, run_id: str, *, seed: int = 7) ->
             counts["bad"] += 1
             continue
         name = names[rng.randrange(account_count)]
-        if draw < DUPLICATE_SHARE + BAD_SHARE + INVOICE_SHARE or owed[name] == 0:
+        if draw < DUPLICATE_SHARE + BAD_SHARE + DISPUTE_SHARE:
+            if open_chargebacks and (rng.random() < 0.5 or name not in last_payment):
+                account, dispute_id = open_chargebacks.pop(rng.randrange(len(open_chargebacks)))
+                outcome = "won" if rng.random() < 0.5 else "lost"
+                lines.append(writer.chargeback_closed(account, dispute_id, outcome))
+                counts["dispute_closed"] += 1
+                continue
+            if name in last_payment:
+                payment_id, paid = last_payment.pop(name)
+                dispute_id = f"cb-{writer.sequence + 1}"
+                lines.append(writer.chargeback(name, dispute_id, payment_id, paid))
+                open_chargebacks.append((name, dispute_id))
+                counts["dispute_opened"] += 1
+                continue
+        if draw < DUPLICATE_SHARE + BAD_SHARE + DISPUTE_SHARE + INVOICE_SHARE or owed[name] == 0:
             amount = rng.randrange(1_000, 50_000)
             invoice_id = f"inv-{writer.sequence + 1}"
             lines.append(writer.invoice(name, invoice_id, amount))
@@ -145,9 +191,9 @@ def build_workload(events: int, accounts: int, run_id: str, *, seed: int = 7) ->
             counts["overpayment"] += 1
         else:
             amount = rng.randrange(1, owed[name] + 1)
-        lines.append(
-            writer.payment(name, f"pay-{writer.sequence + 1}", amount, last_invoice.get(name))
-        )
+        payment_id = f"pay-{writer.sequence + 1}"
+        lines.append(writer.payment(name, payment_id, amount, last_invoice.get(name)))
+        last_payment[name] = (payment_id, amount)
         owed[name] = max(0, owed[name] - amount)
         counts["payment"] += 1
     return Workload(lines=lines, accounts=account_count, counts=counts)
