@@ -159,6 +159,10 @@ class BatchService(Protocol):
         ...
 
 
+_ORIGIN_INSIDE = (PaymentReceivedIn, InvoiceIssuedIn, InvoiceVoidedIn)
+"""Facts whose aggregate method takes the `FactOrigin` itself (the hot path: no fields built)."""
+
+
 def idempotency_key(processor: str, event_id: str) -> str:
     """The key that makes the same processor event count once."""
     return f"{processor}\x1f{event_id}"
@@ -379,7 +383,7 @@ class IngestService:
     ) -> None:
         """Apply one processor fact to its (existing) account."""
         policy = self.policy
-        fields = origin.event_fields()
+        fields = {} if isinstance(fact, _ORIGIN_INSIDE) else origin.event_fields()
         if isinstance(fact, PaymentReceivedIn):
             account.receive_payment(
                 payment_id=fact.payment_id,

@@ -109,7 +109,7 @@ class NoDomainService(IngestService):
             originator = self._originators[fact.account_id] = account_uuid(fact.account_id)
         batch.events.append(StoredEvent(originator, version, NO_DOMAIN_TOPIC, message.value or b""))
 
-    def _encode_snapshots(self, batch: PreparedBatch) -> list[StoredEvent]:
+    def encode_snapshots(self, batch: PreparedBatch) -> list[StoredEvent]:
         return []
 
     def commit(self, batch: PreparedBatch, tracking: Tracking) -> None:
