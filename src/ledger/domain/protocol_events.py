@@ -285,40 +285,39 @@ class CreditApplied(AccountEvent):
     currency: str
 
 
-class CouponRedeemed(AccountEvent):
+class Redemption(AccountEvent):
+    """A processor's report of owed credit used: customer activity (dormancy counts from the
+    last)."""
+
+    TOPIC = "account_redemption"
+    """Abstract: never triggered itself, named because the library names every event."""
+
+    amount_minor: int
+    currency: str
+    invoice_id: str | None
+    source: str
+    source_event_id: str
+    reported_at: str
+
+    def update(self, aggregate: Any) -> None:
+        """Using credit is customer activity (dormancy counts from the last)."""
+        aggregate.last_activity = later(aggregate.last_activity, self.reported_at)
+
+
+class CouponRedeemed(Redemption):
     """The processor reported a coupon used (against the receivable; the rest as a purchase)."""
 
     TOPIC = "coupon_redeemed"
 
     coupon_code: str
-    amount_minor: int
-    currency: str
-    invoice_id: str | None
-    source: str
-    source_event_id: str
-    reported_at: str
-
-    def update(self, aggregate: Any) -> None:
-        """Using credit is customer activity (dormancy counts from the last)."""
-        aggregate.last_activity = later(aggregate.last_activity, self.reported_at)
 
 
-class StoreCreditRedeemed(AccountEvent):
+class StoreCreditRedeemed(Redemption):
     """The processor reported store credit used for a purchase."""
 
     TOPIC = "store_credit_redeemed"
 
     redemption_id: str
-    amount_minor: int
-    currency: str
-    invoice_id: str | None
-    source: str
-    source_event_id: str
-    reported_at: str
-
-    def update(self, aggregate: Any) -> None:
-        """Using credit is customer activity (dormancy counts from the last)."""
-        aggregate.last_activity = later(aggregate.last_activity, self.reported_at)
 
 
 class AccountCancelled(Decision):
@@ -490,4 +489,4 @@ def register_events(classes: tuple[type[AccountEvent], ...]) -> None:
             raise TopicError(f"event name {cls.TOPIC} is taken by {resolved}")
 
 
-register_events((AccountEvent, Decision, *PROTOCOL_EVENTS))
+register_events((AccountEvent, Decision, Redemption, *PROTOCOL_EVENTS))
