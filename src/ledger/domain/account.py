@@ -22,8 +22,7 @@ from ledger.domain.postings import (
     Posting,
     UnbalancedPostingError,
     add_movements,
-    apply_postings,
-    check_books,
+    check_postings_on,
     movements,
     natural_balance,
 )
@@ -395,7 +394,9 @@ class Account(OverpaymentHandling, DisputeHandling, Aggregate):
             event_class,
             timestamp=now,
             account_id=self.account_id,
-            **origin.event_fields(),
+            source=origin.source,  # `origin.event_fields()`, without building a dict to unpack
+            source_event_id=origin.source_event_id,
+            reported_at=origin.reported_at.isoformat(),
             amount_minor=amount.amount_minor,
             currency=amount.currency,
             postings=postings,
@@ -431,6 +432,6 @@ class Account(OverpaymentHandling, DisputeHandling, Aggregate):
                 posting.check()
                 if posting.currency != self.currency:
                     raise UnbalancedPostingError(f"posting in {posting.currency}")
-            check_books(apply_postings(self.balances, postings))
+            check_postings_on(self.balances, postings)
         except UnbalancedPostingError as error:
             raise DomainRuleError(str(error)) from error

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ledger.domain import protocol_events as ev
 from ledger.domain.errors import DomainRuleError, NotDueYet, StaleFiring, UnauthorizedError
 from ledger.domain.policy import DEPARTMENTS, Policy
-from ledger.domain.postings import LedgerAccount, Posting, apply_postings, check_books
+from ledger.domain.postings import LedgerAccount, Posting, check_postings_on
 
 SCHEDULER = "scheduler"
 """The actor id and role of decisions the scheduler's firings make."""
@@ -103,7 +103,7 @@ class OverpaymentHandling:
         postings = fields["postings"]
         for posting in postings:
             posting.check()
-        check_books(apply_postings(self.balances, postings))
+        check_postings_on(self.balances, postings)
         self.trigger_event(event_class, **fields)
 
     # ----------------------------------------------------------------- verification
@@ -504,14 +504,19 @@ class OverpaymentHandling:
         self-corrected credit the cycle does not absorb raises a proactive follow-up."""
         owed = self.balances.get(RECEIVABLE, 0)
         moves: list[list[Any]] = []
+        holding: list[tuple[str, dict[str, Any]]] = []
         for overpayment_id, overpayment in self.overpayments.items():
+            places = overpayment["places"]
+            if places.keys().isdisjoint(ev.APPLIES_TO_INVOICES):
+                continue  # most of them: credit not yet resolved, or resolved otherwise
+            holding.append((overpayment_id, overpayment))
             for place in ev.APPLIES_TO_INVOICES:
-                take = min(owed, overpayment["places"].get(place, 0))
+                take = min(owed, places.get(place, 0))
                 if take:
                     moves.append([overpayment_id, place, "applied", take])
                     owed -= take
-        applied = sum(move[3] for move in moves)
-        if applied:
+        if moves:
+            applied = sum(move[3] for move in moves)
             self._emit(
                 ev.CreditApplied,
                 timestamp=now,
@@ -522,10 +527,10 @@ class OverpaymentHandling:
                 amount_minor=applied,
                 currency=self.currency,
             )
-        for overpayment_id, overpayment in self.overpayments.items():
+        for overpayment_id, overpayment in holding:  # applying moves next-bill credit only out
             if (
-                overpayment.get("self_corrected")
-                and overpayment["places"].get("next_bill", 0)
+                overpayment["places"].get("next_bill")
+                and overpayment.get("self_corrected")
                 and not self._open_follow_up(overpayment_id)
             ):
                 self._raise_follow_up("credit_not_absorbed", overpayment_id, policy, now)
@@ -831,9 +836,12 @@ class OverpaymentHandling:
 
     def _close_settled_follow_ups(self, actor: Actor, policy: Policy, now: datetime) -> None:
         """Close every open follow-up whose subject is settled."""
-        for follow_up_id, item in list(self.follow_ups.items()):
-            if item["status"] != "open":
-                continue
+        still_open = [
+            (follow_up_id, item)
+            for follow_up_id, item in self.follow_ups.items()
+            if item["status"] == "open"
+        ]
+        for follow_up_id, item in still_open:
             settled = self._settled(item)
             if settled is not None:
                 self._decide(
