@@ -21,8 +21,7 @@ from ledger.clock import epoch_us
 from ledger.domain.event_names import ACCOUNT_OPENED, EVENT_CLASSES, event_name
 from ledger.domain.postings import add_movements
 from ledger.persistence.database import Cursor, Database
-from ledger.persistence.mapper import current_state
-from ledger.projection import Generation
+from ledger.projection import Generation, event_state
 from ledger.public_events import public_data, public_postings
 from projections.balances_tables import (
     ACCOUNTS,
@@ -104,7 +103,7 @@ class BalancesProjection:
         history: list[tuple[Any, ...]] = []
         deltas: defaultdict[tuple[str, str], dict[str, int]] = defaultdict(dict)
         for notification in notifications:
-            state = current_state(notification.topic, notification.state)
+            state = event_state(notification)
             type_name = event_name(notification.topic)
             account_id: str = state["account_id"]
             if type_name == ACCOUNT_OPENED:

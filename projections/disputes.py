@@ -31,8 +31,7 @@ from ledger.domain.disputes import FOLLOW_UP_REASONS
 from ledger.domain.event_names import EVENT_CLASSES, event_name
 from ledger.domain.postings import LedgerAccount
 from ledger.persistence.database import Cursor, Database
-from ledger.persistence.mapper import current_state
-from ledger.projection import Generation
+from ledger.projection import Generation, event_state
 from ledger.public_events import public_postings
 from projections.disputes_tables import (
     DISPUTE_COLUMNS,
@@ -299,13 +298,13 @@ class DisputesProjection:
         for notification in notifications:
             type_name = event_name(notification.topic)
             if type_name in _FOLLOW_UP_MOVES:
-                state = current_state(notification.topic, notification.state)
+                state = event_state(notification)
                 follow_up_accounts.add(state["account_id"])
                 decoded.append((notification, type_name, state, None))
                 continue
             if type_name not in _MAY_NAME_A_DISPUTE:
                 continue
-            state = current_state(notification.topic, notification.state)
+            state = event_state(notification)
             dispute_id = named_dispute(type_name, state)
             if dispute_id is not None:
                 named.add(dispute_id)

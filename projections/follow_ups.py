@@ -24,8 +24,7 @@ from ledger.domain.disputes import FOLLOW_UP_REASONS as DISPUTE_REASONS
 from ledger.domain.event_names import ACCOUNT_OPENED, EVENT_CLASSES, event_name
 from ledger.domain.postings import LedgerAccount, natural_balance
 from ledger.persistence.database import Cursor, Database
-from ledger.persistence.mapper import current_state
-from ledger.projection import Generation
+from ledger.projection import Generation, event_state
 from projections.follow_ups_tables import (
     ACCOUNT_COLUMNS,
     ACCOUNT_PG_TYPES,
@@ -166,7 +165,7 @@ class FollowUpsProjection:
         moving_holds: set[str] = set()
         for notification in notifications:
             type_name = event_name(notification.topic)
-            state = current_state(notification.topic, notification.state)
+            state = event_state(notification)
             if not _concerns_queue(type_name, state):
                 continue
             if type_name in (_DUE, _CLOSED):

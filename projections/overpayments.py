@@ -24,8 +24,7 @@ from ledger.domain import protocol_events as ev
 from ledger.domain.account import Account
 from ledger.domain.event_names import EVENT_CLASSES, event_name
 from ledger.persistence.database import Cursor, Database
-from ledger.persistence.mapper import current_state
-from ledger.projection import Generation
+from ledger.projection import Generation, event_state
 from ledger.public_events import public_data, public_postings
 from projections.lookups import select_by_ids, upsert_suffix
 from projections.overpayments_tables import (
@@ -240,7 +239,7 @@ class OverpaymentsProjection:
         table = generation.table(OVERPAYMENTS)
         decoded: list[tuple[Notification, str, dict[str, Any], list[str]]] = []
         for notification in notifications:
-            state = current_state(notification.topic, notification.state)
+            state = event_state(notification)
             ids = overpayment_ids(state)
             if ids:
                 decoded.append((notification, event_name(notification.topic), state, ids))

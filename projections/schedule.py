@@ -41,8 +41,7 @@ from ledger.domain.account import Account
 from ledger.domain.event_names import EVENT_CLASSES, event_name
 from ledger.domain.postings import LedgerAccount
 from ledger.persistence.database import Cursor, Database
-from ledger.persistence.mapper import current_state
-from ledger.projection import Generation
+from ledger.projection import Generation, event_state
 from projections.schedule_tables import (
     DEFERRAL_END,
     DISPUTE_UPDATE,
@@ -363,7 +362,7 @@ class ScheduleProjection:
         """Write a batch into the generation's tables in the open transaction."""
         batch = Changes()
         for notification in notifications:
-            state = current_state(notification.topic, notification.state)
+            state = event_state(notification)
             fold_event(batch, event_name(notification.topic), state)
         items = generation.table(ITEMS)
         database.insert_rows(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ledger import limits
 from ledger.lazylog import get_logger
 from ledger.persistence.database import Cursor, Database, is_psycopg_error
-from ledger.projection import Generation, Projection, known_events
+from ledger.projection import Generation, Projection, decoding_once, known_events
 
 if TYPE_CHECKING:
     from eventsourcing.persistence import Notification
@@ -162,14 +162,49 @@ class LiveProjection:
         the swapped-in position.
         """
         with self.database.transaction() as cursor:
-            live = lock_live(self.database, cursor, self.name)
-            fresh = [n for n in notifications if n.id > live.position]
-            if not fresh:
-                return
-            known = known_events(self.projection, fresh, strict=False)
-            if known:
-                self.projection.apply(self.database, cursor, live.generation, known)
-            set_live(cursor, self.name, Live(live.generation, fresh[-1].id))
+            self.handle_in(cursor, notifications)
+
+    def handle_in(self, cursor: Cursor, notifications: Sequence[Notification]) -> None:
+        """`handle` inside a transaction the caller opened (and commits)."""
+        live = lock_live(self.database, cursor, self.name)
+        fresh = [n for n in notifications if n.id > live.position]
+        if not fresh:
+            return
+        known = known_events(self.projection, fresh, strict=False)
+        if known:
+            self.projection.apply(self.database, cursor, live.generation, known)
+        set_live(cursor, self.name, Live(live.generation, fresh[-1].id))
+
+
+class LiveProjections:
+    """Every registered projection, tailed together: one read of the log and one transaction
+    per batch for all of them (each still keeps its own generation and position).
+
+    One transaction instead of one per read model: a fifth of the commits, and on SQLite a fifth
+    of the waits for the write lock the account worker holds most of the time. A projection
+    that stands behind the others (a rebuild swapped in an older position) makes the batch start
+    at its position; the others skip what they already have, under their row locks.
+    """
+
+    name = "projections"
+
+    def __init__(self, database: Database, projections: Iterable[Projection]) -> None:
+        self.database = database
+        self.handlers = [LiveProjection(database, projection) for projection in projections]
+
+    def positions(self) -> dict[str, int]:
+        """Each projection's position."""
+        return live_positions(self.database, [handler.name for handler in self.handlers])
+
+    def position(self) -> int:
+        """The lowest position: every notification after it is new to some projection."""
+        return min(self.positions().values())
+
+    def handle(self, notifications: Sequence[Notification]) -> None:
+        """Apply a batch to every projection's live generation, in one transaction."""
+        with self.database.transaction() as cursor, decoding_once():
+            for handler in self.handlers:
+                handler.handle_in(cursor, notifications)
 
 
 def read_live(database: Database, name: str, query: Callable[[Cursor, Live], T]) -> T:

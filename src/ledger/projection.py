@@ -8,9 +8,11 @@ is the table `rm_x_gN`, so a rebuild never touches the tables that queries read.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ledger.lazylog import get_logger
 
@@ -20,6 +22,35 @@ if TYPE_CHECKING:
     from ledger.persistence.database import Cursor, Database
 
 log = get_logger(__name__)
+
+_decoded: ContextVar[dict[int, dict[str, Any]] | None] = ContextVar("decoded", default=None)
+
+
+@contextmanager
+def decoding_once() -> Iterator[None]:
+    """Within the block, each notification is decoded once, whatever reads it (read models
+    applied together to one batch share the decoded event, which none of them changes)."""
+    token = _decoded.set({})
+    try:
+        yield
+    finally:
+        _decoded.reset(token)
+
+
+def event_state(notification: Notification) -> dict[str, Any]:
+    """The notification's stored event as plain data, upcast to its class's current version.
+
+    Read-only: inside `decoding_once` every reader of the notification gets the same dict.
+    """
+    from ledger.persistence.mapper import current_state  # the domain: not on a query's path
+
+    memo = _decoded.get()
+    if memo is None:
+        return current_state(notification.topic, notification.state)
+    state = memo.get(notification.id)
+    if state is None:
+        state = memo[notification.id] = current_state(notification.topic, notification.state)
+    return state
 
 
 @dataclass(frozen=True)

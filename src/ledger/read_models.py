@@ -7,7 +7,7 @@ tables, `ledger projections rebuild|status` work on them by name.
 
 from __future__ import annotations
 
-from ledger.generations import LiveProjection, prepare_projections
+from ledger.generations import LiveProjection, LiveProjections, prepare_projections
 from ledger.persistence.database import Database
 from ledger.persistence.urls import DatabaseTarget
 from ledger.projection import Projection
@@ -59,9 +59,9 @@ def prepare(target: DatabaseTarget) -> None:
     prepare_schema(target, then=prepare_tables)
 
 
-def live_handlers(database: Database) -> list[LiveProjection]:
-    """One live handler per registered projection, each with its own position."""
-    return [LiveProjection(database, projection) for projection in PROJECTIONS]
+def live_together(database: Database) -> LiveProjections:
+    """Every registered projection, applied together: what the projections worker runs."""
+    return LiveProjections(database, PROJECTIONS)
 
 
 def live(database: Database, name: str) -> LiveProjection:

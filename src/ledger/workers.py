@@ -92,13 +92,10 @@ def run_worker(name: str, settings: Settings, stop: threading.Event) -> None:
         elif name == "relay":
             run_relay(storage, settings, stop)
         elif name == "projections":
-            handlers = read_models.live_handlers(storage.database)
-            log.info(
-                "projections started",
-                positions={handler.name: handler.position() for handler in handlers},
-            )
+            projections = read_models.live_together(storage.database)
+            log.info("projections started", positions=projections.positions())
             tune_gc_for_throughput()
-            run_tails(storage.store, handlers, stop)
+            run_tails(storage.store, [projections], stop)
         elif name == "scheduler":
             bootstrap = resolve_bootstrap(settings.kafka_bootstrap, settings.broker_port)
             run_scheduler(

@@ -23,13 +23,13 @@ from ledger.clock import FixedClock
 from ledger.domain.account import account_uuid
 from ledger.domain.policy import Policy
 from ledger.domain.postings import LedgerAccount, natural_balance
-from ledger.generations import LiveProjection, live_state
+from ledger.generations import LiveProjection, live_positions, live_state
 from ledger.ingest import InboundMessage, IngestService
 from ledger.persistence.database import Database
 from ledger.persistence.event_store import EventStore, open_event_store
 from ledger.persistence.urls import parse_database_url
 from ledger.projection import Generation, UnknownEventType
-from ledger.read_models import prepare, projection_named
+from ledger.read_models import PROJECTIONS, live_together, prepare, projection_named
 from ledger.rebuild import rebuild_aside
 from ledger.tailing import run_tail, run_tails
 from projections import balances, queries
@@ -167,6 +167,34 @@ def test_rebuild_gives_the_live_rows_in_new_tables_and_drops_the_old(
     assert _rows(database, 2) == live
     assert _objects(database) == {*(f"{t}_g2" for t in balances.TABLES), "rm_history_account_g2"}
     assert _builds(database) == []
+
+
+def test_projections_tailed_together_catch_up_each_from_its_own_position(
+    stores: Callable[[], EventStore], databases: Callable[[], Database]
+) -> None:
+    """One transaction for every read model: a projection ahead of the others (here the
+    balances, tailed alone first) takes nothing twice; the others catch up from their own."""
+    store, database = stores(), databases()
+    feed = Feed(store)
+    for raw in [opened("o1", "A"), invoice("i1", "A", 300), payment("p1", "A", 500)]:
+        feed.feed(raw)
+    run_tail(store, LiveProjection(database, BALANCES), threading.Event(), until_caught_up=True)
+    ahead = _live(database)[1]
+    for n in range(6):
+        feed.feed(invoice(f"i{n + 2}", "A", 40 + n))
+    feed.feed(payment("p2", "A", 1_000))
+    together = live_together(database)
+    names = [projection.name for projection in PROJECTIONS]
+    assert together.position() == 0 < ahead == together.positions()[BALANCES.name]
+
+    handled = run_tails(store, [together], threading.Event(), batch_max=4, until_caught_up=True)
+
+    head = store.process_recorder.max_notification_id()
+    assert live_positions(database, names) == dict.fromkeys(names, head)
+    assert handled == head  # the round starts at the lowest position: every event read once
+    assert _books(queries.balance(database, "A")) == model_of(feed.lines).balances["A"]
+    history = queries.history(database, "A", limit=100)
+    assert [event["version"] for event in history] == list(range(1, len(history) + 1))
 
 
 def test_a_batch_read_before_the_swap_is_written_once_to_the_new_generation(

@@ -42,8 +42,8 @@ def write_every_read_model(database_url: str) -> None:
     store = open_event_store(target)
     database = Database(target)
     try:
-        for handler in read_models.live_handlers(database):
-            run_tail(store, handler, threading.Event(), until_caught_up=True)
+        together = read_models.live_together(database)
+        run_tail(store, together, threading.Event(), until_caught_up=True)
     finally:
         database.close()
         store.close()
