@@ -66,6 +66,8 @@ OUTCOME_POLL_S = 0.002
 SETTLE_TIMEOUT_S = 300.0
 """Longest wait for the worker to take its partitions, apply the setup, or a burst."""
 STOP_TIMEOUT_S = 30.0
+SEND_TIMEOUT_S = 30.0
+"""Longest wait for the broker to acknowledge one of the phase's messages."""
 EXPIRED_BY = timedelta(days=1)
 """How far past the escrow period the clock moves before the firings."""
 ACTOR_ROLES = {"verify": "accounting", "resolve": "manager"}
@@ -172,6 +174,7 @@ class _Pacer:
         self.kinds: dict[str, int] = {}
         self.stop = threading.Event()
         self.error: BaseException | None = None
+        self.futures: list[Any] = []
         self.thread = threading.Thread(target=self._run, name="bench-commands-pacer", daemon=True)
 
     def _run(self) -> None:
@@ -183,7 +186,7 @@ class _Pacer:
                 delay = started + self.sent / RATE_PER_S - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                self.producer.send(self.topic, key=line.key, value=line.value)
+                self.futures.append(self.producer.send(self.topic, key=line.key, value=line.value))
                 kind = str(orjson.loads(line.value)["type"])
                 self.kinds[kind] = self.kinds.get(kind, 0) + 1
                 self.sent += 1
@@ -195,12 +198,17 @@ class _Pacer:
         self.thread.join(timeout=STOP_TIMEOUT_S)
         if self.error is not None:
             raise self.error
+        self.producer.flush()
+        for future in self.futures:  # a fact lost on the way would read as a stuck worker
+            future.get(timeout=SEND_TIMEOUT_S)
 
 
 def _send_all(producer: KafkaProducer, topic: str, lines: list[InboundLine]) -> None:
-    for line in lines:
-        producer.send(topic, key=line.key, value=line.value)
+    """Send every line and wait for each acknowledgement (a failed send raises, named)."""
+    futures = [producer.send(topic, key=line.key, value=line.value) for line in lines]
     producer.flush()
+    for future in futures:
+        future.get(timeout=SEND_TIMEOUT_S)
 
 
 def measure_commands(scratch: Scratch, events: int, progress: Progress) -> dict[str, Any]:
@@ -271,8 +279,10 @@ def measure_commands(scratch: Scratch, events: int, progress: Progress) -> dict[
                 command_id = str(orjson.loads(line.value)["command_id"])
                 account_id = line.key.decode()
                 sent = time.monotonic()
-                producer.send(commands_topic, key=line.key, value=line.value)
-                producer.flush()
+                # Acknowledged or raised: a command lost on the way would read as a stuck worker.
+                producer.send(commands_topic, key=line.key, value=line.value).get(
+                    timeout=SEND_TIMEOUT_S
+                )
                 deadline = sent + SETTLE_TIMEOUT_S
                 while True:
                     with reader.read() as cursor:
@@ -282,7 +292,11 @@ def measure_commands(scratch: Scratch, events: int, progress: Progress) -> dict[
                     if errors:
                         raise errors[0]
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"commands: no outcome for {command_id}")
+                        raise TimeoutError(
+                            f"commands: no outcome for {command_id} (account {account_id})"
+                            f" within {SETTLE_TIMEOUT_S:.0f} s; the worker had applied"
+                            f" {consumer.applied}, dead-lettered {consumer.dead_lettered}"
+                        )
                     time.sleep(OUTCOME_POLL_S)
                 latencies_ms.append((time.monotonic() - sent) * 1000)
                 if outcome.status != "accepted":
