@@ -8,7 +8,7 @@ is the table `rm_x_gN`, so a rebuild never touches the tables that queries read.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -42,15 +42,29 @@ def event_state(notification: Notification) -> dict[str, Any]:
 
     Read-only: inside `decoding_once` every reader of the notification gets the same dict.
     """
-    from ledger.persistence.mapper import current_state  # the domain: not on a query's path
-
     memo = _decoded.get()
-    if memo is None:
-        return current_state(notification.topic, notification.state)
-    state = memo.get(notification.id)
-    if state is None:
-        state = memo[notification.id] = current_state(notification.topic, notification.state)
+    if memo is not None:
+        state = memo.get(notification.id)
+        if state is not None:
+            return state
+    # The mapper brings the domain: imported on first use, not on a query's path (and not in
+    # the statement above: an import statement costs a microsecond every time it runs).
+    decode = _current_state or _load_current_state()
+    state = decode(notification.topic, notification.state)
+    if memo is not None:
+        memo[notification.id] = state
     return state
+
+
+_current_state: Callable[[str, bytes], dict[str, Any]] | None = None
+
+
+def _load_current_state() -> Callable[[str, bytes], dict[str, Any]]:
+    global _current_state
+    from ledger.persistence.mapper import current_state
+
+    _current_state = current_state
+    return current_state
 
 
 @dataclass(frozen=True)

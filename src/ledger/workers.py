@@ -90,6 +90,7 @@ def run_worker(name: str, settings: Settings, stop: threading.Event) -> None:
             finally:
                 producer.close()
         elif name == "relay":
+            tune_gc_for_throughput()  # kafka-python allocates a dozen objects a message
             run_relay(storage, settings, stop)
         elif name == "projections":
             projections = read_models.live_together(storage.database)
