@@ -44,3 +44,4 @@ chaos: $(STAMP)
 deep: $(STAMP)
 	HYPOTHESIS_MAX_EXAMPLES=10000 $(BIN)/pytest tests/properties
 	LEDGER_DEEP_TESTS=1 $(BIN)/pytest tests/faults/test_commands_while_facts_flow.py
+	LEDGER_ALL_BACKENDS=1 $(BIN)/pytest -m ci_backend tests

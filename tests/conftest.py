@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -38,3 +39,34 @@ def _logging_as_before() -> Iterator[None]:
     logging.root.handlers[:] = handlers
     for name in _logger_levels():
         logging.getLogger(name or None).setLevel(levels.get(name, logging.NOTSET))
+
+
+ALL_BACKENDS_VARIABLE = "LEDGER_ALL_BACKENDS"
+"""Set to 1 (`make deep` does) to run every `ci_backend` test on both backends."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run a `ci_backend("sqlite"|"postgresql")` test on that backend only, unless asked for all.
+
+    For the slowest end-to-end tests, whose backend-specific code the integration and fault
+    tests already run on both backends: the suite stays fast, and the other backend's run is
+    reported as deselected, never silently skipped.
+    """
+    if os.environ.get(ALL_BACKENDS_VARIABLE) == "1":
+        return
+    kept: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        marker = item.get_closest_marker("ci_backend")
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("database_url") if callspec is not None else None
+        if marker is None or backend is None:
+            kept.append(item)
+            continue
+        (wanted,) = marker.args
+        if wanted not in ("sqlite", "postgresql"):
+            raise pytest.UsageError(f"{item.nodeid}: ci_backend({wanted!r}) names no backend")
+        (kept if backend == wanted else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept

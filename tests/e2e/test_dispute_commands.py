@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from ledger.kafka.broker import EmbeddedBroker
 from tests.books import invoice, opened, payment
@@ -44,6 +45,7 @@ def balance(env: dict[str, str]) -> dict[str, int]:
     return found
 
 
+@pytest.mark.ci_backend("sqlite")
 def test_a_dispute_from_a_phone_call_worked_from_the_cli(
     fresh_broker: EmbeddedBroker, database_url: str, tmp_path: Path
 ) -> None:

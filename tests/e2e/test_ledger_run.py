@@ -44,6 +44,7 @@ def history_lines(accounts: int, events: int, seed: int) -> list[bytes]:
     return lines
 
 
+@pytest.mark.ci_backend("postgresql")
 def test_publish_twice_dead_letters_and_outbox(
     fresh_broker: EmbeddedBroker, database_url: str, tmp_path: Path
 ) -> None:
@@ -149,6 +150,7 @@ def test_publish_twice_dead_letters_and_outbox(
     assert ledger.returncode == 0
 
 
+@pytest.mark.ci_backend("sqlite")
 def test_kill_9_mid_publish_then_restart(
     fresh_broker: EmbeddedBroker, database_url: str, tmp_path: Path
 ) -> None:
@@ -185,6 +187,7 @@ def test_kill_9_mid_publish_then_restart(
         assert trial["currencies"]["USD"]["total"] == 0
 
 
+@pytest.mark.ci_backend("postgresql")
 @pytest.mark.slow
 def test_broker_restart_under_running_ledger(
     fresh_broker: EmbeddedBroker, database_url: str, tmp_path: Path

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import orjson
+import pytest
 
 from ledger.kafka.broker import EmbeddedBroker
 from tests.books import invoice, opened, payment
@@ -51,6 +52,7 @@ def test_a_database_without_the_schema_is_refused_at_once(
     assert "no ledger schema" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.ci_backend("postgresql")
 def test_staff_commands_from_the_cli(
     fresh_broker: EmbeddedBroker, database_url: str, tmp_path: Path
 ) -> None:

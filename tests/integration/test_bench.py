@@ -64,6 +64,7 @@ def bench_env(
     return database_url
 
 
+@pytest.mark.ci_backend("sqlite")
 def test_bench_json_document(bench_env: str) -> None:
     database_url = bench_env
 
@@ -173,6 +174,7 @@ def test_bench_refuses_options_it_cannot_run_with(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.ci_backend("postgresql")
 def test_bench_system_and_latency(bench_env: str) -> None:
     """The running ledger against its no-domain baseline, and latency as downstream sees it."""
     result = CliRunner().invoke(
