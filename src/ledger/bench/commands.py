@@ -34,6 +34,7 @@ from ledger.bench.scratch import Scratch
 from ledger.bench.workload import InboundLine, LineWriter, account_name
 from ledger.clock import FixedClock
 from ledger.commands import CommandService
+from ledger.gc_tuning import tuned_gc
 from ledger.ingest import IngestService
 from ledger.kafka.clients import ResilientProducer, make_producer
 from ledger.persistence.database import Database
@@ -261,81 +262,84 @@ def measure_commands(scratch: Scratch, events: int, progress: Progress) -> dict[
 
     worker = threading.Thread(target=run, name="bench-account-worker", daemon=True)
     producer = make_producer(scratch.bootstrap, client_id="ledger-bench-commands")
-    try:
-        worker.start()
-        _send_all(producer, facts_topic, setup)
-        wait(lambda: handled() >= len(setup), "the setup facts applied")
-        _send_all(producer, commands_topic, escrow_commands)
-        wait(lambda: handled() >= len(setup) + len(escrow_commands), "the escrows resolved")
-        progress("commands", 0, trips)
-
-        # Round trips, one command at a time, while facts arrive at 1,000/s.
-        pacer = _Pacer(producer, facts_topic, _paced_facts(writer, paced_names))
-        latencies_ms: list[float] = []
-        pacer.thread.start()
+    # The worker process tunes its GC at start; here it shares the bench's heap (the whole
+    # workload): without the same settings it pays full collections a worker never sees.
+    with tuned_gc():
         try:
-            for index, overpayment_id in enumerate(verify_ids):
-                line = commands.verify(overpayment_id)
-                command_id = str(orjson.loads(line.value)["command_id"])
-                account_id = line.key.decode()
-                sent = time.monotonic()
-                # Acknowledged or raised: a command lost on the way would read as a stuck worker.
-                producer.send(commands_topic, key=line.key, value=line.value).get(
-                    timeout=SEND_TIMEOUT_S
-                )
-                deadline = sent + SETTLE_TIMEOUT_S
-                while True:
-                    with reader.read() as cursor:
-                        outcome = read_outcome(cursor, account_id, command_id)
-                    if outcome is not None:
-                        break
-                    if errors:
-                        raise errors[0]
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(
-                            f"commands: no outcome for {command_id} (account {account_id})"
-                            f" within {SETTLE_TIMEOUT_S:.0f} s; the worker had applied"
-                            f" {consumer.applied}, dead-lettered {consumer.dead_lettered}"
-                        )
-                    time.sleep(OUTCOME_POLL_S)
-                latencies_ms.append((time.monotonic() - sent) * 1000)
-                if outcome.status != "accepted":
-                    raise RuntimeError(f"commands: a bench verify was {outcome.status}")
-                progress("commands", index + 1, trips)
+            worker.start()
+            _send_all(producer, facts_topic, setup)
+            wait(lambda: handled() >= len(setup), "the setup facts applied")
+            _send_all(producer, commands_topic, escrow_commands)
+            wait(lambda: handled() >= len(setup) + len(escrow_commands), "the escrows resolved")
+            progress("commands", 0, trips)
+
+            # Round trips, one command at a time, while facts arrive at 1,000/s.
+            pacer = _Pacer(producer, facts_topic, _paced_facts(writer, paced_names))
+            latencies_ms: list[float] = []
+            pacer.thread.start()
+            try:
+                for index, overpayment_id in enumerate(verify_ids):
+                    line = commands.verify(overpayment_id)
+                    command_id = str(orjson.loads(line.value)["command_id"])
+                    account_id = line.key.decode()
+                    sent = time.monotonic()
+                    # Acknowledged or raised: a lost command would read as a stuck worker.
+                    producer.send(commands_topic, key=line.key, value=line.value).get(
+                        timeout=SEND_TIMEOUT_S
+                    )
+                    deadline = sent + SETTLE_TIMEOUT_S
+                    while True:
+                        with reader.read() as cursor:
+                            outcome = read_outcome(cursor, account_id, command_id)
+                        if outcome is not None:
+                            break
+                        if errors:
+                            raise errors[0]
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(
+                                f"commands: no outcome for {command_id} (account {account_id})"
+                                f" within {SETTLE_TIMEOUT_S:.0f} s; the worker had applied"
+                                f" {consumer.applied}, dead-lettered {consumer.dead_lettered}"
+                            )
+                        time.sleep(OUTCOME_POLL_S)
+                    latencies_ms.append((time.monotonic() - sent) * 1000)
+                    if outcome.status != "accepted":
+                        raise RuntimeError(f"commands: a bench verify was {outcome.status}")
+                    progress("commands", index + 1, trips)
+            finally:
+                pacer.finish()
+            producer.flush()
+            paced = pacer.sent
+            wait(
+                lambda: handled() >= len(setup) + len(escrow_commands) + trips + paced,
+                "the paced facts applied",
+            )
+
+            # The same worker: a burst of facts, then as many firings of due escrows.
+            burst = list(itertools.islice(_plain_facts(writer, paced_names), items))
+            before = handled()
+            started = time.monotonic()
+            _send_all(producer, facts_topic, burst)
+            wait(lambda: handled() >= before + items, "the burst of facts applied")
+            facts_s = time.monotonic() - started
+
+            clock.advance(load_policy(scratch.settings.policy).escrow.period + EXPIRED_BY)
+            fire_lines = _firings(escrow_ids, clock)
+            before = handled()
+            started = time.monotonic()
+            _send_all(producer, commands_topic, fire_lines)
+            wait(lambda: handled() >= before + items, "the firings applied")
+            fire_s = time.monotonic() - started
+            fired = _accepted_firings(reader)
+            if fired != items:
+                raise RuntimeError(f"commands: {fired} of {items} firings accepted")
         finally:
-            pacer.finish()
-        producer.flush()
-        paced = pacer.sent
-        wait(
-            lambda: handled() >= len(setup) + len(escrow_commands) + trips + paced,
-            "the paced facts applied",
-        )
-
-        # The same worker: a burst of facts, then as many firings of due escrows.
-        burst = list(itertools.islice(_plain_facts(writer, paced_names), items))
-        before = handled()
-        started = time.monotonic()
-        _send_all(producer, facts_topic, burst)
-        wait(lambda: handled() >= before + items, "the burst of facts applied")
-        facts_s = time.monotonic() - started
-
-        clock.advance(load_policy(scratch.settings.policy).escrow.period + EXPIRED_BY)
-        fire_lines = _firings(escrow_ids, clock)
-        before = handled()
-        started = time.monotonic()
-        _send_all(producer, commands_topic, fire_lines)
-        wait(lambda: handled() >= before + items, "the firings applied")
-        fire_s = time.monotonic() - started
-        fired = _accepted_firings(reader)
-        if fired != items:
-            raise RuntimeError(f"commands: {fired} of {items} firings accepted")
-    finally:
-        stop.set()
-        worker.join(timeout=STOP_TIMEOUT_S)
-        producer.close(timeout=1)
-        dead_letters.close()
-        reader.close()
-        store.close()
+            stop.set()
+            worker.join(timeout=STOP_TIMEOUT_S)
+            producer.close(timeout=1)
+            dead_letters.close()
+            reader.close()
+            store.close()
     if errors:
         raise errors[0]
     facts_per_s = items / facts_s
