@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
+from consumers.ingest import IngestConsumer
 from ledger.bench.latency import summary
 from ledger.bench.scratch import Scratch
 from ledger.bench.workload import InboundLine, LineWriter, account_name
@@ -39,7 +40,7 @@ from ledger.ingest import IngestService
 from ledger.kafka.clients import ResilientProducer, make_producer
 from ledger.persistence.database import Database
 from ledger.persistence.event_store import open_event_store
-from ledger.persistence.outcomes import OUTCOMES_TABLE, read_outcome
+from ledger.persistence.outcomes import OUTCOMES_TABLE, CommandOutcome, read_outcome
 from ledger.persistence.urls import parse_database_url
 from ledger.policy_file import load_policy
 from ledger.scheduler import firing
@@ -212,6 +213,57 @@ def _send_all(producer: KafkaProducer, topic: str, lines: list[InboundLine]) -> 
         future.get(timeout=SEND_TIMEOUT_S)
 
 
+class _Worker:
+    """The account worker, in a thread of this process: started, waited on, its errors raised."""
+
+    def __init__(self, consumer: IngestConsumer) -> None:
+        self.consumer = consumer
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, name="bench-account-worker", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.consumer.run()
+        except BaseException as error:  # raised by the main thread
+            self.errors.append(error)
+
+    def handled(self) -> int:
+        """Messages applied, found duplicate or dead-lettered so far."""
+        consumer = self.consumer
+        return int(consumer.applied + consumer.duplicates + consumer.dead_lettered)
+
+    def check(self) -> None:
+        """Raise the worker's error, if it stopped on one."""
+        if self.errors:
+            raise self.errors[0]
+
+    def wait(self, condition: Callable[[], bool], what: str) -> None:
+        """Until `condition` holds; TimeoutError naming `what` after SETTLE_TIMEOUT_S."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while not condition():
+            self.check()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"commands: {what} not reached within {SETTLE_TIMEOUT_S:.0f} s")
+            time.sleep(OUTCOME_POLL_S)
+
+    def outcome(self, reader: Database, account_id: str, command_id: str) -> CommandOutcome:
+        """The command's outcome, as soon as another connection can read it."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while True:
+            with reader.read() as cursor:
+                outcome = read_outcome(cursor, account_id, command_id)
+            if outcome is not None:
+                return outcome
+            self.check()
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"commands: no outcome for {command_id} (account {account_id}) within"
+                    f" {SETTLE_TIMEOUT_S:.0f} s; the worker had applied {self.consumer.applied},"
+                    f" dead-lettered {self.consumer.dead_lettered}"
+                )
+            time.sleep(OUTCOME_POLL_S)
+
+
 def measure_commands(scratch: Scratch, events: int, progress: Progress) -> dict[str, Any]:
     """Round trips of staff commands under 1,000 facts/s, and firings/s against facts/s."""
     trips, items = round_trips(events), firings(events)
@@ -233,115 +285,56 @@ def measure_commands(scratch: Scratch, events: int, progress: Progress) -> dict[
     stop = threading.Event()
     dead_letters = ResilientProducer(scratch.bootstrap, stop=stop)
     service = IngestService(store, policy=load_policy(scratch.settings.policy), clock=clock)
-    consumer = ingest_consumer(
-        bootstrap=scratch.bootstrap,
-        services={facts_topic: service, commands_topic: CommandService(service)},
-        dead_letters=dead_letters,
-        group_id=None,
-        stop=stop,
+    worker = _Worker(
+        ingest_consumer(
+            bootstrap=scratch.bootstrap,
+            services={facts_topic: service, commands_topic: CommandService(service)},
+            dead_letters=dead_letters,
+            group_id=None,
+            stop=stop,
+        )
     )
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            consumer.run()
-        except BaseException as error:  # reported by the main thread
-            errors.append(error)
-
-    def handled() -> int:
-        return int(consumer.applied + consumer.duplicates + consumer.dead_lettered)
-
-    def wait(condition: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        while not condition():
-            if errors:
-                raise errors[0]
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"commands: {what} not reached within {SETTLE_TIMEOUT_S:.0f} s")
-            time.sleep(OUTCOME_POLL_S)
-
-    worker = threading.Thread(target=run, name="bench-account-worker", daemon=True)
     producer = make_producer(scratch.bootstrap, client_id="ledger-bench-commands")
     # The worker process tunes its GC at start; here it shares the bench's heap (the whole
     # workload): without the same settings it pays full collections a worker never sees.
     with tuned_gc():
         try:
-            worker.start()
+            worker.thread.start()
             _send_all(producer, facts_topic, setup)
-            wait(lambda: handled() >= len(setup), "the setup facts applied")
+            worker.wait(lambda: worker.handled() >= len(setup), "the setup facts applied")
             _send_all(producer, commands_topic, escrow_commands)
-            wait(lambda: handled() >= len(setup) + len(escrow_commands), "the escrows resolved")
-            progress("commands", 0, trips)
+            done = len(setup) + len(escrow_commands)
+            worker.wait(lambda: worker.handled() >= done, "the escrows resolved")
 
             # Round trips, one command at a time, while facts arrive at 1,000/s.
             pacer = _Pacer(producer, facts_topic, _paced_facts(writer, paced_names))
-            latencies_ms: list[float] = []
             pacer.thread.start()
             try:
-                for index, overpayment_id in enumerate(verify_ids):
-                    line = commands.verify(overpayment_id)
-                    command_id = str(orjson.loads(line.value)["command_id"])
-                    account_id = line.key.decode()
-                    sent = time.monotonic()
-                    # Acknowledged or raised: a lost command would read as a stuck worker.
-                    producer.send(commands_topic, key=line.key, value=line.value).get(
-                        timeout=SEND_TIMEOUT_S
-                    )
-                    deadline = sent + SETTLE_TIMEOUT_S
-                    while True:
-                        with reader.read() as cursor:
-                            outcome = read_outcome(cursor, account_id, command_id)
-                        if outcome is not None:
-                            break
-                        if errors:
-                            raise errors[0]
-                        if time.monotonic() > deadline:
-                            raise TimeoutError(
-                                f"commands: no outcome for {command_id} (account {account_id})"
-                                f" within {SETTLE_TIMEOUT_S:.0f} s; the worker had applied"
-                                f" {consumer.applied}, dead-lettered {consumer.dead_lettered}"
-                            )
-                        time.sleep(OUTCOME_POLL_S)
-                    latencies_ms.append((time.monotonic() - sent) * 1000)
-                    if outcome.status != "accepted":
-                        raise RuntimeError(f"commands: a bench verify was {outcome.status}")
-                    progress("commands", index + 1, trips)
+                latencies_ms = _round_trips(
+                    worker, producer, reader, commands_topic, commands, verify_ids, progress
+                )
             finally:
                 pacer.finish()
-            producer.flush()
-            paced = pacer.sent
-            wait(
-                lambda: handled() >= len(setup) + len(escrow_commands) + trips + paced,
-                "the paced facts applied",
-            )
+            done += trips + pacer.sent
+            worker.wait(lambda: worker.handled() >= done, "the paced facts applied")
 
             # The same worker: a burst of facts, then as many firings of due escrows.
             burst = list(itertools.islice(_plain_facts(writer, paced_names), items))
-            before = handled()
-            started = time.monotonic()
-            _send_all(producer, facts_topic, burst)
-            wait(lambda: handled() >= before + items, "the burst of facts applied")
-            facts_s = time.monotonic() - started
-
+            facts_s = _applied_in(worker, producer, facts_topic, burst, "the burst of facts")
             clock.advance(load_policy(scratch.settings.policy).escrow.period + EXPIRED_BY)
             fire_lines = _firings(escrow_ids, clock)
-            before = handled()
-            started = time.monotonic()
-            _send_all(producer, commands_topic, fire_lines)
-            wait(lambda: handled() >= before + items, "the firings applied")
-            fire_s = time.monotonic() - started
+            fire_s = _applied_in(worker, producer, commands_topic, fire_lines, "the firings")
             fired = _accepted_firings(reader)
             if fired != items:
                 raise RuntimeError(f"commands: {fired} of {items} firings accepted")
         finally:
             stop.set()
-            worker.join(timeout=STOP_TIMEOUT_S)
+            worker.thread.join(timeout=STOP_TIMEOUT_S)
             producer.close(timeout=1)
             dead_letters.close()
             reader.close()
             store.close()
-    if errors:
-        raise errors[0]
+    worker.check()
     facts_per_s = items / facts_s
     fire_per_s = items / fire_s
     round_trip = summary(latencies_ms)
@@ -358,9 +351,46 @@ def measure_commands(scratch: Scratch, events: int, progress: Progress) -> dict[
         "fire_per_s": round(fire_per_s, 1),
         "facts_per_s": round(facts_per_s, 1),
         "ratio": round(fire_per_s / facts_per_s, 3),
-        "conflicts": consumer.conflicts,
-        "rewinds": consumer.rewinds,
+        "conflicts": worker.consumer.conflicts,
+        "rewinds": worker.consumer.rewinds,
     }
+
+
+def _round_trips(
+    worker: _Worker,
+    producer: KafkaProducer,
+    reader: Database,
+    topic: str,
+    commands: _Commands,
+    overpayment_ids: list[str],
+    progress: Progress,
+) -> list[float]:
+    """Verify each overpayment, one command at a time: ms from publish to outcome readable."""
+    latencies_ms: list[float] = []
+    progress("commands", 0, len(overpayment_ids))
+    for index, overpayment_id in enumerate(overpayment_ids):
+        line = commands.verify(overpayment_id)
+        command_id = str(orjson.loads(line.value)["command_id"])
+        sent = time.monotonic()
+        # Acknowledged or raised: a lost command would read as a stuck worker.
+        producer.send(topic, key=line.key, value=line.value).get(timeout=SEND_TIMEOUT_S)
+        outcome = worker.outcome(reader, line.key.decode(), command_id)
+        latencies_ms.append((time.monotonic() - sent) * 1000)
+        if outcome.status != "accepted":
+            raise RuntimeError(f"commands: a bench verify was {outcome.status}")
+        progress("commands", index + 1, len(overpayment_ids))
+    return latencies_ms
+
+
+def _applied_in(
+    worker: _Worker, producer: KafkaProducer, topic: str, lines: list[InboundLine], what: str
+) -> float:
+    """Seconds from sending `lines` at once to the worker having handled them all."""
+    before = worker.handled()
+    started = time.monotonic()
+    _send_all(producer, topic, lines)
+    worker.wait(lambda: worker.handled() >= before + len(lines), f"{what} applied")
+    return time.monotonic() - started
 
 
 def _plain_facts(writer: LineWriter, names: list[str]) -> Iterator[InboundLine]:
