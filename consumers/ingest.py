@@ -214,10 +214,14 @@ class IngestConsumer:
     def run(self) -> None:
         """Consume until stopped; PartitionCountsDiffer if the topics are not co-partitioned."""
         with self.lock:
-            counts = self._partition_counts()
-            if counts is not None:
-                check_co_partitioned(counts)
-            self.topic_ids = {name: self._current_topic_id(name) for name in self.topics}
+            try:
+                counts = self._partition_counts()
+                if counts is not None:
+                    check_co_partitioned(counts)
+                self.topic_ids = {name: self._current_topic_id(name) for name in self.topics}
+            except BaseException:
+                self.watcher.close()  # its client's IO thread would outlive a refused start
+                raise
         if self.pipelined:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-commit")
         self._start_consumer()

@@ -226,6 +226,12 @@ def test_mismatched_partition_counts_are_refused_at_start(
         )
         with pytest.raises(PartitionCountsDiffer, match=r"payments\.inbound has 3"):
             worker.run()
+        # Nothing of the refused worker keeps running (its topic watcher's client included).
+        wait_for(
+            lambda: not any("topic-watcher" in thread.name for thread in threading.enumerate()),
+            "the refused worker's topic watcher closed",
+            10,
+        )
     finally:
         store.close()
 
