@@ -394,9 +394,7 @@ class Account(OverpaymentHandling, DisputeHandling, Aggregate):
             event_class,
             timestamp=now,
             account_id=self.account_id,
-            source=origin.source,  # `origin.event_fields()`, without building a dict to unpack
-            source_event_id=origin.source_event_id,
-            reported_at=origin.reported_at.isoformat(),
+            **origin.event_fields(),
             amount_minor=amount.amount_minor,
             currency=amount.currency,
             postings=postings,
