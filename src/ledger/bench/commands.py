@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from kafka import KafkaProducer
@@ -76,6 +76,7 @@ ACTOR_ROLES = {"verify": "accounting", "resolve": "manager"}
 """Who gives the setup's commands (the default policy lets them)."""
 
 Progress = Callable[[str, int, int], None]
+T = TypeVar("T")
 
 
 def round_trips(events: int) -> int:
@@ -237,31 +238,35 @@ class _Worker:
         if self.errors:
             raise self.errors[0]
 
-    def wait(self, condition: Callable[[], bool], what: str) -> None:
-        """Until `condition` holds; TimeoutError naming `what` after SETTLE_TIMEOUT_S."""
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        while not condition():
-            self.check()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"commands: {what} not reached within {SETTLE_TIMEOUT_S:.0f} s")
-            time.sleep(OUTCOME_POLL_S)
-
-    def outcome(self, reader: Database, account_id: str, command_id: str) -> CommandOutcome:
-        """The command's outcome, as soon as another connection can read it."""
+    def poll(self, probe: Callable[[], T | None], what: str) -> T:
+        """What `probe` finds first (it is asked every OUTCOME_POLL_S); the worker's error if it
+        stops, TimeoutError naming `what` and the worker's progress after SETTLE_TIMEOUT_S."""
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         while True:
-            with reader.read() as cursor:
-                outcome = read_outcome(cursor, account_id, command_id)
-            if outcome is not None:
-                return outcome
+            found = probe()
+            if found is not None:
+                return found
             self.check()
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"commands: no outcome for {command_id} (account {account_id}) within"
-                    f" {SETTLE_TIMEOUT_S:.0f} s; the worker had applied {self.consumer.applied},"
+                    f"commands: {what} not reached within {SETTLE_TIMEOUT_S:.0f} s; the worker"
+                    f" had applied {self.consumer.applied},"
                     f" dead-lettered {self.consumer.dead_lettered}"
                 )
             time.sleep(OUTCOME_POLL_S)
+
+    def wait(self, condition: Callable[[], bool], what: str) -> None:
+        """Until `condition` holds (see `poll`)."""
+        self.poll(lambda: True if condition() else None, what)
+
+    def outcome(self, reader: Database, account_id: str, command_id: str) -> CommandOutcome:
+        """The command's outcome, as soon as another connection can read it."""
+
+        def recorded() -> CommandOutcome | None:
+            with reader.read() as cursor:
+                return read_outcome(cursor, account_id, command_id)
+
+        return self.poll(recorded, f"an outcome for {command_id} (account {account_id})")
 
 
 def measure_commands(scratch: Scratch, events: int, progress: Progress) -> dict[str, Any]:
