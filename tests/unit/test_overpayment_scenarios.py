@@ -193,6 +193,39 @@ def test_credit_on_next_bill_spans_two_invoices() -> None:
     assert open_follow_ups(account) == []
 
 
+def test_credit_settles_invoices_oldest_overpayment_first_whatever_order_it_was_kept_in() -> None:
+    clock = Clock()
+    account = open_account(clock)
+    older = pay(account, clock, "pay-1", 10_000)
+    newer = pay(account, clock, "pay-2", 6_000)
+    assert older is not None and newer is not None
+    verify(account, clock, newer)
+    resolve(account, clock, newer, "credit")  # the newer one holds credit first
+    account.reject_overpayment(
+        overpayment_id=older,
+        department="accounting",
+        reason="not ours to refund",
+        actor=ACCOUNTING,
+        policy=POLICY,
+        now=clock.now,
+    )
+    assert places(account) == {older: {"kept": 10_000}, newer: {"next_bill": 6_000}}
+    assert list(account.crediting) == [newer, older]  # the order they started to hold credit
+    bill(account, clock, "inv-1", 12_000)
+    assert places(account) == {
+        older: {"applied": 10_000},
+        newer: {"next_bill": 4_000, "applied": 2_000},
+    }
+    assert list(account.crediting) == [newer]
+    expect_books(account, cash=16_000, revenue=12_000, customer_credit=4_000)
+    # A snapshot taken before the index existed (class version 4) reads with the same index.
+    state = {key: value for key, value in vars(account).items() if key != "crediting"}
+    Account.upcast_v4_v5(state)
+    assert state["crediting"] == account.crediting
+    replayed = project_aggregate(None, account.collect_events())
+    assert replayed is not None and replayed.crediting == account.crediting
+
+
 def test_credit_waits_for_verification() -> None:
     clock = Clock()
     account = open_account(clock)

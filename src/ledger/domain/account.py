@@ -26,7 +26,7 @@ from ledger.domain.postings import (
     movements,
     natural_balance,
 )
-from ledger.domain.protocol_events import later
+from ledger.domain.protocol_events import APPLIES_TO_INVOICES, later
 
 ACCOUNT_NAMESPACE = uuid.UUID("6f1c1f5e-8f0a-4a55-9d3c-2b8f5c1d7a10")
 
@@ -71,7 +71,7 @@ class Account(OverpaymentHandling, DisputeHandling, Aggregate):
     """
 
     TOPIC = "account"
-    class_version = 4
+    class_version = 5
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -92,6 +92,15 @@ class Account(OverpaymentHandling, DisputeHandling, Aggregate):
         """v4 tracks disputes (and the processors' dispute ids)."""
         state.setdefault("disputes", {})
         state.setdefault("dispute_ids", {})
+
+    @staticmethod
+    def upcast_v4_v5(state: dict[str, Any]) -> None:
+        """v5 indexes the overpayments whose credit settles invoices (`crediting`)."""
+        state["crediting"] = {
+            overpayment_id: None
+            for overpayment_id, overpayment in state.get("overpayments", {}).items()
+            if not overpayment["places"].keys().isdisjoint(APPLIES_TO_INVOICES)
+        }
 
     class Snapshot(LibrarySnapshot):
         """A snapshot of an account's state (the library's, under a stable name)."""
@@ -236,6 +245,9 @@ class Account(OverpaymentHandling, DisputeHandling, Aggregate):
         self.closed = False
         self.last_activity = reported_at
         self.overpayments: dict[str, dict[str, Any]] = {}
+        self.crediting: dict[str, None] = {}
+        """The overpayments holding credit that settles invoices (`kept`, `next_bill`): an
+        index kept by the events' moves, so an invoice never scans the account's history."""
         self.payments: dict[str, dict[str, Any]] = {}
         self.invoices: dict[str, dict[str, Any]] = {}
         self.refunds: dict[str, dict[str, Any]] = {}

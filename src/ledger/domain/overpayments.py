@@ -11,7 +11,7 @@ unit of an overpayment moves between places by the events' `moves` (see `protoco
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -64,6 +64,14 @@ def coupon_code(overpayment_id: str) -> str:
     return f"CPN-{digest}"
 
 
+def _oldest_first(overpayment_ids: Collection[str]) -> list[str]:
+    """Overpayment ids in the order they were detected (their number is the account's version
+    at detection): credit enters `kept` or `next_bill` in any order."""
+    if len(overpayment_ids) < 2:
+        return list(overpayment_ids)
+    return sorted(overpayment_ids, key=lambda item_id: int(item_id.rpartition(":")[2]))
+
+
 class OverpaymentHandling:
     """The protocol's methods on the account aggregate (state lives on the aggregate)."""
 
@@ -75,6 +83,7 @@ class OverpaymentHandling:
     closed: bool
     last_activity: str
     overpayments: dict[str, dict[str, Any]]
+    crediting: dict[str, None]
     payments: dict[str, dict[str, Any]]
     invoices: dict[str, dict[str, Any]]
     refunds: dict[str, dict[str, Any]]
@@ -505,10 +514,9 @@ class OverpaymentHandling:
         owed = self.balances.get(RECEIVABLE, 0)
         moves: list[list[Any]] = []
         holding: list[tuple[str, dict[str, Any]]] = []
-        for overpayment_id, overpayment in self.overpayments.items():
+        for overpayment_id in _oldest_first(self.crediting):
+            overpayment = self.overpayments[overpayment_id]
             places = overpayment["places"]
-            if places.keys().isdisjoint(ev.APPLIES_TO_INVOICES):
-                continue  # most of them: credit not yet resolved, or resolved otherwise
             holding.append((overpayment_id, overpayment))
             for place in ev.APPLIES_TO_INVOICES:
                 take = min(owed, places.get(place, 0))

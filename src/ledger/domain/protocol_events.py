@@ -98,12 +98,17 @@ class AccountEvent(Aggregate.Event):
     def apply(self, aggregate: Any) -> None:
         """Move balances and overpayment places, then the event's own state changes."""
         aggregate.apply_postings(tuple(self.postings))
+        crediting = aggregate.crediting
         for overpayment_id, source, target, amount in self.moves:
             places = aggregate.overpayments[overpayment_id]["places"]
             places[source] = places.get(source, 0) - amount
             if not places[source]:
                 del places[source]
             places[target] = places.get(target, 0) + amount
+            if places.keys().isdisjoint(APPLIES_TO_INVOICES):
+                crediting.pop(overpayment_id, None)
+            else:
+                crediting[overpayment_id] = None
         self.update(aggregate)
 
     def update(self, aggregate: Any) -> None:
