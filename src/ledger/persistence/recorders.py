@@ -7,11 +7,15 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent, Tracking
-from eventsourcing.postgres import PostgresFactory, PostgresProcessRecorder
+from eventsourcing.postgres import (
+    PostgresAggregateRecorder,
+    PostgresFactory,
+    PostgresProcessRecorder,
+)
 from eventsourcing.sqlite import SQLiteCursor, SQLiteFactory, SQLiteProcessRecorder
 from psycopg import Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composed, Identifier
 
 from ledger import limits
 from ledger.persistence.outcomes import (
@@ -141,6 +145,53 @@ class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
         return found
 
 
+def _insert_columns_statement(recorder: PostgresAggregateRecorder, suffix: SQL) -> Composed:
+    """Insert stored events as four plain arrays rather than one array of the library's
+    composite type: psycopg dumps composites in pure Python, these arrays' elements in C."""
+    return (
+        SQL(
+            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
+            " SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[])"
+        ).format(
+            schema=Identifier(recorder.datastore.schema),
+            table=Identifier(recorder.events_table_name),
+            id_type=Identifier(recorder.datastore.originator_id_type),
+        )
+        + suffix
+    )
+
+
+def _insert_columns(
+    recorder: PostgresAggregateRecorder,
+    curs: Cursor[DictRow],
+    statement: Composed,
+    stored_events: Sequence[StoredEvent],
+) -> None:
+    text_ids = recorder.datastore.originator_id_type == "text"
+    curs.execute(
+        statement,
+        (
+            [str(e.originator_id) if text_ids else e.originator_id for e in stored_events],
+            [e.originator_version for e in stored_events],
+            [e.topic for e in stored_events],
+            [e.state for e in stored_events],
+        ),
+    )
+
+
+class LedgerPostgresAggregateRecorder(PostgresAggregateRecorder):
+    """The library's aggregate recorder (snapshots), inserting as the process recorder does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._insert_columns_statement = _insert_columns_statement(self, SQL(""))
+
+    def _insert_stored_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        _insert_columns(self, curs, self._insert_columns_statement, stored_events)
+
+
 class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder):
     """PostgreSQL process recorder with an inbound idempotency-key table."""
 
@@ -181,16 +232,8 @@ class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder)
             table=Identifier(self.events_table_name),
             id_type=Identifier(self.datastore.originator_id_type),
         )
-        # Four plain arrays rather than one array of the library's composite type: psycopg dumps
-        # composites in pure Python, these arrays' elements in C.
-        self._insert_columns_statement = SQL(
-            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
-            " SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[])"
-            " RETURNING notification_id"
-        ).format(
-            schema=Identifier(self.datastore.schema),
-            table=Identifier(self.events_table_name),
-            id_type=Identifier(self.datastore.originator_id_type),
+        self._insert_columns_statement = _insert_columns_statement(
+            self, SQL(" RETURNING notification_id")
         )
 
     def _insert_events(
@@ -213,16 +256,7 @@ class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder)
     ) -> None:
         self._lock_table(curs)
         self._notify_channel(curs)
-        text_ids = self.datastore.originator_id_type == "text"
-        curs.execute(
-            self._insert_columns_statement,
-            (
-                [str(e.originator_id) if text_ids else e.originator_id for e in stored_events],
-                [e.originator_version for e in stored_events],
-                [e.topic for e in stored_events],
-                [e.state for e in stored_events],
-            ),
-        )
+        _insert_columns(self, curs, self._insert_columns_statement, stored_events)
 
     def select_inbound_keys(self, keys: Collection[str]) -> set[str]:
         """The given idempotency keys that are already recorded."""
@@ -266,4 +300,5 @@ class LedgerSQLiteFactory(SQLiteFactory):
 class LedgerPostgresFactory(PostgresFactory):
     """PostgreSQL infrastructure whose process recorder keeps inbound keys."""
 
+    aggregate_recorder_class = LedgerPostgresAggregateRecorder
     process_recorder_class = LedgerPostgresProcessRecorder
