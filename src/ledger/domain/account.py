@@ -13,6 +13,7 @@ from eventsourcing.domain import Snapshot as LibrarySnapshot
 from ledger import limits
 from ledger.domain.disputes import DisputeHandling
 from ledger.domain.errors import DomainRuleError
+from ledger.domain.event_shapes import build_event, event_shape
 from ledger.domain.money import Money
 from ledger.domain.overpayments import OverpaymentHandling
 from ledger.domain.policy import ACCOUNT_KINDS as ACCOUNT_KINDS  # re-exported: its old home
@@ -255,6 +256,21 @@ class Account(OverpaymentHandling, DisputeHandling, Aggregate):
         self.follow_ups: dict[str, dict[str, Any]] = {}
         self.disputes: dict[str, dict[str, Any]] = {}
         self.dispute_ids: dict[str, str] = {}
+
+    def trigger_event(self, event_class: Any, **kwargs: Any) -> None:
+        """The library's `trigger_event`, building the event without its dataclass `__init__`
+        (`ledger.domain.event_shapes`): the same event, the same checks, a third of the cost."""
+        shape = event_shape(event_class)
+        if shape is None:
+            super().trigger_event(event_class, **kwargs)
+            return
+        kwargs["originator_id"] = self.id
+        kwargs["originator_version"] = self.version + 1
+        if kwargs.get("timestamp") is None:
+            kwargs["timestamp"] = event_class.create_timestamp()
+        event = build_event(event_class, shape, kwargs)
+        event.mutate(self)
+        self._pending_events.append(event)
 
     @classmethod
     def open(
