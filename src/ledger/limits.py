@@ -91,6 +91,9 @@ sqlite_busy_timeout_s = 5.0
 """Longest one SQLite statement waits for another process's write lock. A longer wait fails the
 batch, which the worker's back-off loop retries (and which checks for a stop request between
 tries), so a worker never sits in a lock wait that outlasts its shutdown grace."""
+sqlite_checkpoint_interval_s = 1.0
+"""Longest time between two checkpoints of the event store's log by the process that writes
+events (`persistence.wal_checkpoints`); each commit asks for one at once."""
 database_connect_timeout_s = 5
 """Longest wait for a new PostgreSQL connection (libpq takes whole seconds)."""
 schema_lock_wait_max_s = 60.0

@@ -75,6 +75,13 @@ class EventStore(Application[UUID]):
             raise TypeError(f"the event store needs a process recorder, got {type(recorder)}")
         return recorder
 
+    def close(self) -> None:
+        """Stop the recorder's background work, then close the connections."""
+        recorder: Any = self.recorder
+        if isinstance(recorder, InboundKeyRecorder):
+            recorder.stop_background_work()
+        super().close()
+
     @property
     def key_recorder(self) -> InboundKeyRecorder:
         """The recorder, typed for inbound idempotency keys."""

@@ -27,6 +27,7 @@ from ledger.persistence.outcomes import (
     OutcomeKey,
     create_table_sql,
 )
+from ledger.persistence.wal_checkpoints import WalCheckpointer
 
 INBOUND_KEYS_TABLE = "ledger_inbound_keys"
 
@@ -51,13 +52,39 @@ class InboundKeyRecorder:
         """The given aggregate ids that have at least one stored event (one query per chunk)."""
         raise NotImplementedError
 
+    def stop_background_work(self) -> None:
+        """Stop what the recorder runs beside its writes (none by default)."""
+
     def select_outcomes(self, keys: Collection[OutcomeKey]) -> dict[OutcomeKey, str]:
         """Of the given commands, those with a recorded outcome, with their body digests."""
         raise NotImplementedError
 
 
 class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
-    """SQLite process recorder with an inbound idempotency-key table."""
+    """SQLite process recorder with an inbound idempotency-key table.
+
+    Its writes leave the log's checkpoints to a thread (`WalCheckpointer`, started at the
+    first write): a commit never copies the log into the database file itself.
+    """
+
+    _checkpointer: WalCheckpointer | None = None
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """Write in one transaction, then ask for a checkpoint of the log."""
+        notification_ids = super().insert_events(stored_events, **kwargs)
+        if self._checkpointer is None and not self.datastore.pool.is_sqlite_memory_mode:
+            self._checkpointer = WalCheckpointer(self.datastore.pool.db_name)
+        if self._checkpointer is not None:
+            self._checkpointer.written()
+        return notification_ids
+
+    def stop_background_work(self) -> None:
+        """Stop the checkpoint thread (after a last checkpoint)."""
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
 
     def construct_create_table_statements(self) -> list[str]:
         """Create the library's tables and ours."""
@@ -71,6 +98,7 @@ class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
     def _insert_events(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
+        c.execute("PRAGMA wal_autocheckpoint=0")  # the connection's setting: see the class
         keys: Collection[str] = kwargs.get("inbound_keys") or ()
         if keys:
             c.executemany(
