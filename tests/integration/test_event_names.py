@@ -8,6 +8,8 @@ snapshot stored in an older shape are read in the newer shape through their upca
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -209,6 +211,42 @@ def test_a_snapshot_stored_in_the_older_shape_is_read_in_the_newer(store: EventS
     taken = store.mapper.to_stored_event(Account.Snapshot.take(loaded))
     assert taken.topic == "account_snapshot"
     assert orjson.loads(taken.state)["state"]["class_version"] == Account.class_version
+
+
+LOAD_IN_A_NEW_PROCESS = """
+import sys
+from ledger.domain.account import account_uuid
+from ledger.persistence.event_store import open_event_store
+from ledger.persistence.urls import parse_database_url
+store = open_event_store(parse_database_url(sys.argv[1]))
+print(store.repository.get(account_uuid("N")).version)
+store.close()
+"""
+
+
+def test_a_new_process_loads_an_account_from_its_snapshot(
+    database_url: str, store: EventStore
+) -> None:
+    """A restarted worker has taken no snapshot yet: the stored snapshot's name must resolve
+    all the same (the library registers nested events' names, not the snapshot class's)."""
+    ingest(store, "N")
+    account = store.repository.get(account_uuid("N"))
+    assert isinstance(account, Account)
+    assert store.snapshots is not None
+    store.snapshots.recorder.insert_events(
+        [store.mapper.to_stored_event(Account.Snapshot.take(account))]
+    )
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", LOAD_IN_A_NEW_PROCESS, database_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert loaded.returncode == 0, loaded.stderr
+    assert int(loaded.stdout) == account.version == 4
 
 
 def test_unknown_topics_are_named(store: EventStore) -> None:

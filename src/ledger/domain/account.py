@@ -9,6 +9,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate
 from eventsourcing.domain import Snapshot as LibrarySnapshot
+from eventsourcing.utils import register_topic
 
 from ledger import limits
 from ledger.domain.disputes import DisputeHandling
@@ -461,3 +462,9 @@ class Account(OverpaymentHandling, DisputeHandling, Aggregate):
             check_postings_on(self.balances, postings)
         except UnbalancedPostingError as error:
             raise DomainRuleError(str(error)) from error
+
+
+# The library's metaclass registers an aggregate's nested events under their TOPIC, but not its
+# snapshot class: until a process had taken a snapshot itself, a stored `account_snapshot` did
+# not resolve, and a restarted worker could not load an account that has one.
+register_topic(Account.Snapshot.TOPIC, Account.Snapshot)
