@@ -3,7 +3,7 @@
 One batch is one Kafka partition's records from one poll. The service parses, de-duplicates by
 (processor, event_id), applies each fact to its account aggregate (kept in memory, capped) and
 returns the new events, dead letters and snapshots; `commit` writes the events, the idempotency
-keys and the Kafka position in one transaction, then the snapshots. Kafka itself stays in
+keys, the snapshots and the Kafka position in one transaction. Kafka itself stays in
 `consumers.ingest`.
 
 A caller may commit a batch in another thread while it prepares the next one (the consumer does
@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 
 import structlog
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import PersistenceError, StoredEvent, Tracking
+from eventsourcing.persistence import StoredEvent, Tracking
 
 from ledger import limits
 from ledger.clock import Clock
@@ -253,16 +253,19 @@ class IngestService:
         batch.events.extend(account.collect_events())
 
     def commit(self, batch: PreparedBatch, tracking: Tracking) -> None:
-        """Write the batch's events, keys and Kafka position in one transaction, then snapshots.
+        """Write the batch's events, keys, snapshots and Kafka position in one transaction.
 
         Reads nothing the preparing thread changes, so it may run in another thread.
         """
         mapper = self.store.mapper
         stored = [mapper.to_stored_event(event) for event in batch.events]
         self.store.process_recorder.insert_events(
-            stored, tracking=tracking, inbound_keys=batch.keys, outcomes=batch.outcomes
+            stored,
+            tracking=tracking,
+            inbound_keys=batch.keys,
+            outcomes=batch.outcomes,
+            snapshots=batch.snapshots,
         )
-        self._write_snapshots(batch.snapshots)
 
     def hold(self, batch: PreparedBatch) -> None:
         """The batch is being committed: its keys count as seen, its accounts stay loaded."""
@@ -300,17 +303,6 @@ class IngestService:
             mapper.to_stored_event(Account.Snapshot.take(batch.accounts[account_id]))
             for account_id in due
         ]
-
-    def _write_snapshots(self, snapshots: list[StoredEvent]) -> None:
-        """Best effort, after the commit: a snapshot only makes loading faster, and one that
-        already exists (the batch was re-done) is simply there already."""
-        store = self.store.snapshots
-        if store is None or not snapshots:
-            return
-        try:
-            store.recorder.insert_events(snapshots)
-        except PersistenceError as error:
-            log.info("snapshots not written", accounts=len(snapshots), error=str(error))
 
     def clear(self) -> None:
         """Forget every cached account and every held batch (the store is the truth again)."""

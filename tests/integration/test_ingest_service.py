@@ -275,3 +275,33 @@ def test_snapshots_are_encoded_when_the_batch_is_prepared(
     account = store.repository.get(account_uuid("A"))
     assert isinstance(account, Account) and account.version == 3
     assert account.balances == {"receivable": 800, "revenue": -800}
+
+
+def test_snapshots_commit_with_their_batch_and_a_redone_one_keeps_the_first(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot is written in its batch's transaction: none without the batch's events, and a
+    batch redone after its commit was lost (the snapshot already there) commits all the same."""
+    monkeypatch.setattr("ledger.limits.snapshot_interval_events", 2)
+    assert store.snapshots is not None
+    service = IngestService(store, policy=POLICY, clock=CLOCK)
+    batch = service.prepare(messages([opened("e1", "A"), invoice("e2", "A", 500)]))
+    [snapshot] = batch.snapshots
+    taken = Tracking("other:t:0", 1)
+    store.process_recorder.insert_events([], tracking=taken)
+    with pytest.raises(IntegrityError):  # the position is taken: the whole write is refused
+        store.process_recorder.insert_events([], tracking=taken, snapshots=[snapshot])
+    assert list(store.snapshots.get(account_uuid("A"))) == []
+    service.commit(batch, Tracking("payments.inbound:t:0", 2))
+    assert [s.originator_version for s in store.snapshots.get(account_uuid("A"))] == [2]
+    # Redone by a new worker on a store that already has the snapshot (say the commit's
+    # acknowledgement was lost): the snapshot row is kept, the batch's other rows go in.
+    redone = service.prepare(messages([invoice("e3", "A", 300)], 2))
+    store.process_recorder.insert_events(
+        [], tracking=Tracking("payments.inbound:t:0", 3), snapshots=[snapshot]
+    )
+    service.commit(redone, Tracking("payments.inbound:t:0", 4))
+    [kept] = store.snapshots.get(account_uuid("A"))
+    assert kept.originator_version == 2
+    account = store.repository.get(account_uuid("A"))
+    assert isinstance(account, Account) and account.balances == {"receivable": 800, "revenue": -800}

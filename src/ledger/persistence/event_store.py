@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
@@ -63,6 +64,12 @@ class EventStore(Application[UUID]):
     """The ledger's event store; its recorder writes tracking and inbound keys with the events."""
 
     name = APPLICATION_NAME
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        super().__init__(env=env)
+        if self.snapshots is not None:
+            # The ingest writes an account's snapshot in the transaction of its events.
+            self.key_recorder.write_snapshots_to(self.snapshots.recorder.events_table_name)  # type: ignore[attr-defined]
 
     def construct_recorder(self) -> ProcessRecorder:
         """A process recorder, so tracking is written in the events' transaction."""

@@ -55,9 +55,29 @@ class InboundKeyRecorder:
     def stop_background_work(self) -> None:
         """Stop what the recorder runs beside its writes (none by default)."""
 
+    def write_snapshots_to(self, table: str) -> None:
+        """Snapshots passed to `insert_events(..., snapshots=...)` go into `table` (the
+        snapshot recorder's), in the events' transaction; one already there is left as it is."""
+        raise NotImplementedError
+
     def select_outcomes(self, keys: Collection[OutcomeKey]) -> dict[OutcomeKey, str]:
         """Of the given commands, those with a recorded outcome, with their body digests."""
         raise NotImplementedError
+
+
+def _sqlite_rows(stored_events: Sequence[StoredEvent]) -> list[tuple[Any, ...]]:
+    """Stored events as rows of the library's SQLite tables (ids as 32 hex digits)."""
+    return [
+        (
+            event.originator_id.hex
+            if isinstance(event.originator_id, UUID)
+            else event.originator_id,
+            event.originator_version,
+            event.topic,
+            event.state,
+        )
+        for event in stored_events
+    ]
 
 
 class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
@@ -68,6 +88,14 @@ class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
     """
 
     _checkpointer: WalCheckpointer | None = None
+    _insert_snapshots_statement: str | None = None
+
+    def write_snapshots_to(self, table: str) -> None:
+        """See `InboundKeyRecorder.write_snapshots_to`."""
+        self._insert_snapshots_statement = (
+            f"INSERT OR IGNORE INTO {table} (originator_id, originator_version, topic, state)"
+            " VALUES (?, ?, ?, ?)"
+        )
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -111,25 +139,17 @@ class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
                 f" VALUES ({', '.join('?' * len(OUTCOME_COLUMNS))})",
                 [outcome.row() for outcome in outcomes],
             )
+        snapshots: Sequence[StoredEvent] = kwargs.get("snapshots") or ()
+        if snapshots:
+            if self._insert_snapshots_statement is None:
+                raise ValueError("snapshots given, but no snapshot table (write_snapshots_to)")
+            c.executemany(self._insert_snapshots_statement, _sqlite_rows(snapshots))
         tracking: Tracking | None = kwargs.get("tracking")
         if tracking is None:
             return super()._insert_events(c, stored_events, **kwargs)
         # A write with a tracking position (the ingest) needs no notification ids back: one
         # executemany instead of the library's statement per event (to read each lastrowid).
-        c.executemany(
-            self.insert_events_statement,
-            [
-                (
-                    event.originator_id.hex
-                    if isinstance(event.originator_id, UUID)
-                    else event.originator_id,
-                    event.originator_version,
-                    event.topic,
-                    event.state,
-                )
-                for event in stored_events
-            ],
-        )
+        c.executemany(self.insert_events_statement, _sqlite_rows(stored_events))
         self._insert_tracking(c, tracking)
         return None
 
@@ -173,16 +193,19 @@ class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
         return found
 
 
-def _insert_columns_statement(recorder: PostgresAggregateRecorder, suffix: SQL) -> Composed:
-    """Insert stored events as four plain arrays rather than one array of the library's
-    composite type: psycopg dumps composites in pure Python, these arrays' elements in C."""
+def _insert_columns_statement(
+    recorder: PostgresAggregateRecorder, suffix: SQL, *, table: str | None = None
+) -> Composed:
+    """Insert stored events (into the recorder's table, or `table` of its schema) as four plain
+    arrays rather than one array of the library's composite type: psycopg dumps composites in
+    pure Python, these arrays' elements in C."""
     return (
         SQL(
             "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
             " SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[])"
         ).format(
             schema=Identifier(recorder.datastore.schema),
-            table=Identifier(recorder.events_table_name),
+            table=Identifier(table or recorder.events_table_name),
             id_type=Identifier(recorder.datastore.originator_id_type),
         )
         + suffix
@@ -264,9 +287,22 @@ class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder)
             self, SQL(" RETURNING notification_id")
         )
 
+    _insert_snapshots_statement: Composed | None = None
+
+    def write_snapshots_to(self, table: str) -> None:
+        """See `InboundKeyRecorder.write_snapshots_to`."""
+        self._insert_snapshots_statement = _insert_columns_statement(
+            self, SQL(" ON CONFLICT DO NOTHING"), table=table
+        )
+
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
+        snapshots: Sequence[StoredEvent] = kwargs.get("snapshots") or ()
+        if snapshots:
+            if self._insert_snapshots_statement is None:
+                raise ValueError("snapshots given, but no snapshot table (write_snapshots_to)")
+            _insert_columns(self, curs, self._insert_snapshots_statement, snapshots)
         keys: Collection[str] = kwargs.get("inbound_keys") or ()
         if keys:
             curs.execute(self._insert_keys_statement, (list(keys),))
