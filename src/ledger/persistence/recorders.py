@@ -230,19 +230,6 @@ def _insert_columns(
     )
 
 
-class LedgerPostgresAggregateRecorder(PostgresAggregateRecorder):
-    """The library's aggregate recorder (snapshots), inserting as the process recorder does."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._insert_columns_statement = _insert_columns_statement(self, SQL(""))
-
-    def _insert_stored_events(
-        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> None:
-        _insert_columns(self, curs, self._insert_columns_statement, stored_events)
-
-
 class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder):
     """PostgreSQL process recorder with an inbound idempotency-key table."""
 
@@ -364,5 +351,4 @@ class LedgerSQLiteFactory(SQLiteFactory):
 class LedgerPostgresFactory(PostgresFactory):
     """PostgreSQL infrastructure whose process recorder keeps inbound keys."""
 
-    aggregate_recorder_class = LedgerPostgresAggregateRecorder
     process_recorder_class = LedgerPostgresProcessRecorder
