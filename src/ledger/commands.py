@@ -107,7 +107,7 @@ class CommandService:
                     )
                 continue
             seen[key] = digest
-            outcome = self._apply(batch, message, command, absent, now)
+            outcome = self._apply(batch, message, command, digest, absent, now)
             if outcome is None:  # a firing before its time: no outcome, fired again later
                 del seen[key]
                 self.early += 1
@@ -131,11 +131,12 @@ class CommandService:
         batch: PreparedBatch,
         message: InboundMessage,
         command: StaffCommand,
+        digest: str,
         absent: set[str],
         now: datetime,
     ) -> CommandOutcome | None:
-        """Apply one new command to its account; its outcome (refusals recorded on the
-        account too), or None for a firing that came before its time."""
+        """Apply one new command (whose body has `digest`) to its account; its outcome
+        (refusals recorded on the account too), or None for a firing before its time."""
         account = (
             None
             if command.account_id in absent
@@ -144,6 +145,7 @@ class CommandService:
         if account is None:
             return self._outcome(
                 command,
+                digest,
                 now,
                 "refused",
                 "unknown_account",
@@ -204,6 +206,7 @@ class CommandService:
         batch.events.extend(events)
         return self._outcome(
             command,
+            digest,
             now,
             status,
             error_kind,
@@ -214,6 +217,7 @@ class CommandService:
     @staticmethod
     def _outcome(
         command: StaffCommand,
+        digest: str,
         now: datetime,
         status: OutcomeStatus,
         error_kind: str | None,
@@ -224,7 +228,7 @@ class CommandService:
             account_id=command.account_id,
             command_id=command.command_id,
             command_type=command.type,
-            body_sha256=command.body_sha256(),
+            body_sha256=digest,
             status=status,
             error_kind=error_kind,
             reason=None if reason is None else one_line_reason(reason),

@@ -14,6 +14,7 @@ from ledger.domain.policy import Policy
 from ledger.ingest import InboundMessage, IngestService, PreparedBatch
 from ledger.persistence.database import Database
 from ledger.persistence.event_store import EventStore, open_event_store
+from ledger.persistence.outcomes import CommandOutcome
 from ledger.persistence.urls import parse_database_url
 from ledger.read_models import live, prepare_tables
 from ledger.tailing import run_tail
@@ -305,3 +306,34 @@ def test_snapshots_commit_with_their_batch_and_a_redone_one_keeps_the_first(
     assert kept.originator_version == 2
     account = store.repository.get(account_uuid("A"))
     assert isinstance(account, Account) and account.balances == {"receivable": 800, "revenue": -800}
+
+
+def test_recorded_outcomes_are_found_by_their_key_pairs_over_several_chunks(
+    store: EventStore,
+) -> None:
+    """Commands' outcomes are looked up by (account, command id) pairs, in chunks: a pair's
+    halves never match across two recorded outcomes."""
+    recorded = [
+        CommandOutcome(
+            account_id=f"A{n % 7}",
+            command_id=f"c-{n}",
+            command_type="overpayment.verify",
+            body_sha256=f"digest-{n}",
+            status="accepted",
+            error_kind=None,
+            reason=None,
+            versions=(n,),
+            recorded_at=CLOCK.now().isoformat(),
+        )
+        for n in range(600)
+    ]
+    store.process_recorder.insert_events(
+        [], tracking=Tracking("ledger.commands:t:0", 1), outcomes=recorded
+    )
+    asked = [outcome.key for outcome in recorded[::2]]
+    asked += [(f"A{(n + 1) % 7}", f"c-{n}") for n in range(600)]  # a command id, another account
+    asked += [("A0", "never")]
+
+    found = store.key_recorder.select_outcomes(asked)
+
+    assert found == {outcome.key: outcome.body_sha256 for outcome in recorded[::2]}

@@ -167,18 +167,26 @@ class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
         return {UUID(hex_id) for hex_id in found}
 
     def select_outcomes(self, keys: Collection[OutcomeKey]) -> dict[OutcomeKey, str]:
-        """Of the given commands, those with a recorded outcome, with their body digests."""
+        """Of the given commands, those with a recorded outcome, with their body digests (one
+        query per chunk of keys, as row values: the table's key is the pair)."""
         found: dict[OutcomeKey, str] = {}
+        ordered = list(keys)
+        chunk_max = limits.sqlite_in_chunk_max // 2  # two parameters a key
         with self.datastore.transaction(commit=False) as c:
-            for account_id, command_id in keys:
+            for start in range(0, len(ordered), chunk_max):
+                chunk = ordered[start : start + chunk_max]
+                # Joined from the pairs, so each is one search of the key's index (a row-value
+                # `IN (VALUES ...)` scans the whole table instead).
                 c.execute(
-                    f"SELECT body_sha256 FROM {OUTCOMES_TABLE}"
-                    " WHERE account_id = ? AND command_id = ?",
-                    (account_id, command_id),
+                    f"WITH asked(account_id, command_id) AS"
+                    f" (VALUES {', '.join(['(?, ?)'] * len(chunk))})"
+                    " SELECT o.account_id, o.command_id, o.body_sha256"
+                    f" FROM asked JOIN {OUTCOMES_TABLE} AS o"
+                    " ON o.account_id = asked.account_id AND o.command_id = asked.command_id",
+                    [value for key in chunk for value in key],
                 )
-                row = c.fetchone()
-                if row is not None:
-                    found[(account_id, command_id)] = row[0]
+                for account_id, command_id, digest in c.fetchall():
+                    found[(account_id, command_id)] = digest
         return found
 
     def _select_in(self, query: str, values: Collection[str]) -> list[str]:
