@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
-import structlog
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import StoredEvent, Tracking
 
@@ -53,8 +52,6 @@ from ledger.schemas.inbound import (
     RefundSettledIn,
     parse_inbound,
 )
-
-log = structlog.get_logger(__name__)
 
 
 class InboundMessage(NamedTuple):

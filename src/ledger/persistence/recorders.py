@@ -7,11 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent, Tracking
-from eventsourcing.postgres import (
-    PostgresAggregateRecorder,
-    PostgresFactory,
-    PostgresProcessRecorder,
-)
+from eventsourcing.postgres import PostgresFactory, PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteCursor, SQLiteFactory, SQLiteProcessRecorder
 from psycopg import Cursor
 from psycopg.rows import DictRow
@@ -168,7 +164,7 @@ class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
 
     def select_outcomes(self, keys: Collection[OutcomeKey]) -> dict[OutcomeKey, str]:
         """Of the given commands, those with a recorded outcome, with their body digests (one
-        query per chunk of keys, as row values: the table's key is the pair)."""
+        query per chunk of (account id, command id) pairs, joined to the table's key)."""
         found: dict[OutcomeKey, str] = {}
         ordered = list(keys)
         chunk_max = limits.sqlite_in_chunk_max // 2  # two parameters a key
@@ -199,43 +195,6 @@ class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
                 c.execute(f"{query} ({','.join('?' * len(chunk))})", chunk)
                 found.extend(row[0] for row in c.fetchall())
         return found
-
-
-def _insert_columns_statement(
-    recorder: PostgresAggregateRecorder, suffix: SQL, *, table: str | None = None
-) -> Composed:
-    """Insert stored events (into the recorder's table, or `table` of its schema) as four plain
-    arrays rather than one array of the library's composite type: psycopg dumps composites in
-    pure Python, these arrays' elements in C."""
-    return (
-        SQL(
-            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
-            " SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[])"
-        ).format(
-            schema=Identifier(recorder.datastore.schema),
-            table=Identifier(table or recorder.events_table_name),
-            id_type=Identifier(recorder.datastore.originator_id_type),
-        )
-        + suffix
-    )
-
-
-def _insert_columns(
-    recorder: PostgresAggregateRecorder,
-    curs: Cursor[DictRow],
-    statement: Composed,
-    stored_events: Sequence[StoredEvent],
-) -> None:
-    text_ids = recorder.datastore.originator_id_type == "text"
-    curs.execute(
-        statement,
-        (
-            [str(e.originator_id) if text_ids else e.originator_id for e in stored_events],
-            [e.originator_version for e in stored_events],
-            [e.topic for e in stored_events],
-            [e.state for e in stored_events],
-        ),
-    )
 
 
 class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder):
@@ -278,16 +237,46 @@ class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder)
             table=Identifier(self.events_table_name),
             id_type=Identifier(self.datastore.originator_id_type),
         )
-        self._insert_columns_statement = _insert_columns_statement(
-            self, SQL(" RETURNING notification_id")
+        self._insert_columns_statement = self._columns_statement(
+            self.events_table_name, SQL(" RETURNING notification_id")
         )
 
     _insert_snapshots_statement: Composed | None = None
 
     def write_snapshots_to(self, table: str) -> None:
         """See `InboundKeyRecorder.write_snapshots_to`."""
-        self._insert_snapshots_statement = _insert_columns_statement(
-            self, SQL(" ON CONFLICT DO NOTHING"), table=table
+        self._insert_snapshots_statement = self._columns_statement(
+            table, SQL(" ON CONFLICT DO NOTHING")
+        )
+
+    def _columns_statement(self, table: str, suffix: SQL) -> Composed:
+        """Insert stored events into `table` (of the store's schema) as four plain arrays rather
+        than one array of the library's composite type: psycopg dumps composites in pure
+        Python, these arrays' elements in C."""
+        return (
+            SQL(
+                "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)"
+                " SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[])"
+            ).format(
+                schema=Identifier(self.datastore.schema),
+                table=Identifier(table),
+                id_type=Identifier(self.datastore.originator_id_type),
+            )
+            + suffix
+        )
+
+    def _insert_columns(
+        self, curs: Cursor[DictRow], statement: Composed, stored_events: Sequence[StoredEvent]
+    ) -> None:
+        text_ids = self.datastore.originator_id_type == "text"
+        curs.execute(
+            statement,
+            (
+                [str(e.originator_id) if text_ids else e.originator_id for e in stored_events],
+                [e.originator_version for e in stored_events],
+                [e.topic for e in stored_events],
+                [e.state for e in stored_events],
+            ),
         )
 
     def _insert_events(
@@ -297,7 +286,7 @@ class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder)
         if snapshots:
             if self._insert_snapshots_statement is None:
                 raise ValueError("snapshots given, but no snapshot table (write_snapshots_to)")
-            _insert_columns(self, curs, self._insert_snapshots_statement, snapshots)
+            self._insert_columns(curs, self._insert_snapshots_statement, snapshots)
         keys: Collection[str] = kwargs.get("inbound_keys") or ()
         if keys:
             curs.execute(self._insert_keys_statement, (list(keys),))
@@ -315,7 +304,7 @@ class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder)
     ) -> None:
         self._lock_table(curs)
         self._notify_channel(curs)
-        _insert_columns(self, curs, self._insert_columns_statement, stored_events)
+        self._insert_columns(curs, self._insert_columns_statement, stored_events)
 
     def select_inbound_keys(self, keys: Collection[str]) -> set[str]:
         """The given idempotency keys that are already recorded."""
