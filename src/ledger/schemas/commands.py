@@ -14,6 +14,7 @@ account is a `contract` error, so a command can always be routed by its key alon
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from typing import Annotated, Final, Literal
 
@@ -42,6 +43,11 @@ Resolution = Literal["credit", "refund", "escrow", "coupon", "store_credit", "ca
 Department = Literal["accounting", "risk_management", "operations"]
 
 
+_CANONICAL_UUID: Final = re.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+"""A UUID in its canonical text (what the CLI and the scheduler send): parsing it would give it
+back unchanged, at five times the cost."""
+
+
 class ActorIn(BaseModel):
     """Who gives the command."""
 
@@ -62,6 +68,8 @@ class _CommandIn(BaseModel):
     @field_validator("command_id")
     @classmethod
     def _uuid(cls, value: str) -> str:
+        if _CANONICAL_UUID.fullmatch(value):  # as `str(UUID(value))` writes it: kept as is
+            return value
         try:
             return str(uuid.UUID(value))
         except ValueError:
