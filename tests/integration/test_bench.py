@@ -120,6 +120,7 @@ def _check_commands(commands: dict[str, Any]) -> None:
     assert commands["round_trips"] >= 20
     assert all(_positive(commands[key]) for key in ("fire_per_s", "facts_per_s", "ratio"))
     assert commands["firings"] >= 50
+    assert commands["rounds"] >= 1
     # The paced facts mix in the new inbound types; nothing ever conflicted or rewound.
     assert {"invoice.voided", "payment.returned"} <= commands["paced_mix"].keys()
     assert commands["conflicts"] == 0 and commands["rewinds"] == 0

@@ -9,11 +9,12 @@ escrows come due without waiting 90 days. Three measures, in order:
   some paid invoices voided and some payments returned: the new inbound types), verify commands
   are sent one at a time; each is timed from its publish to its outcome row being readable by
   another connection (p50/p99; no CLI process start is counted);
-- **facts/s**: a burst of facts (invoices and payments) published at once, timed to applied;
-- **firings/s**: as many escrows as facts in the burst, verified and resolved beforehand, come
-  due (the clock moves past their expiry); the scheduler's `schedule.fire` commands for them are
-  published at once and timed until applied. `ratio` is firings/s over facts/s: the same worker,
-  the same run.
+- **facts/s**: facts (invoices and payments), published in bursts, each timed to applied;
+- **firings/s**: as many escrows as facts, verified and resolved beforehand, come due (the clock
+  moves past their expiry); the scheduler's `schedule.fire` commands for them are published in
+  bursts, each timed until applied. Bursts of facts and of firings take turns (ROUNDS of each, a
+  quarter of the lines apiece), so a machine whose speed drifts during the phase slows both
+  alike. `ratio` is firings/s over facts/s: the same worker, the same run.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ SETTLE_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 30.0
 SEND_TIMEOUT_S = 30.0
 """Longest wait for the broker to acknowledge one of the phase's messages."""
+ROUNDS = 4
+"""Bursts of facts and of firings, taken in turn: each is a quarter of its kind's lines."""
 EXPIRED_BY = timedelta(days=1)
 """How far past the escrow period the clock moves before the firings."""
 ACTOR_ROLES = {"verify": "accounting", "resolve": "manager"}
@@ -323,12 +326,15 @@ def measure_commands(scratch: Scratch, events: int, progress: Progress) -> dict[
             done += trips + pacer.sent
             worker.wait(lambda: worker.handled() >= done, "the paced facts applied")
 
-            # The same worker: a burst of facts, then as many firings of due escrows.
-            burst = list(itertools.islice(_plain_facts(writer, paced_names), items))
-            facts_s = _applied_in(worker, producer, facts_topic, burst, "the burst of facts")
+            # The same worker: facts, and as many firings of due escrows, in alternate bursts.
             clock.advance(load_policy(scratch.settings.policy).escrow.period + EXPIRED_BY)
-            fire_lines = _firings(escrow_ids, clock)
-            fire_s = _applied_in(worker, producer, commands_topic, fire_lines, "the firings")
+            facts = list(itertools.islice(_plain_facts(writer, paced_names), items))
+            facts_s, fire_s = _alternate_bursts(
+                worker,
+                producer,
+                (facts_topic, facts, "a burst of facts"),
+                (commands_topic, _firings(escrow_ids, clock), "a burst of firings"),
+            )
             fired = _accepted_firings(reader)
             if fired != items:
                 raise RuntimeError(f"commands: {fired} of {items} firings accepted")
@@ -353,6 +359,7 @@ def measure_commands(scratch: Scratch, events: int, progress: Progress) -> dict[
         "rate_per_s": RATE_PER_S,
         "paced_mix": pacer.kinds,
         "firings": items,
+        "rounds": ROUNDS,
         "fire_per_s": round(fire_per_s, 1),
         "facts_per_s": round(facts_per_s, 1),
         "ratio": round(fire_per_s / facts_per_s, 3),
@@ -396,6 +403,24 @@ def _applied_in(
     _send_all(producer, topic, lines)
     worker.wait(lambda: worker.handled() >= before + len(lines), f"{what} applied")
     return time.monotonic() - started
+
+
+def _alternate_bursts(
+    worker: _Worker,
+    producer: KafkaProducer,
+    *kinds: tuple[str, list[InboundLine], str],
+) -> list[float]:
+    """Seconds each kind of lines took to apply in all, sent in ROUNDS bursts taken in turn
+    (facts, firings, facts, ...), so that a change in the machine's speed during the phase falls
+    on both alike."""
+    seconds = [0.0] * len(kinds)
+    for round_index in range(ROUNDS):
+        for kind_index, (topic, lines, what) in enumerate(kinds):
+            start = len(lines) * round_index // ROUNDS
+            end = len(lines) * (round_index + 1) // ROUNDS
+            if end > start:
+                seconds[kind_index] += _applied_in(worker, producer, topic, lines[start:end], what)
+    return seconds
 
 
 def _plain_facts(writer: LineWriter, names: list[str]) -> Iterator[InboundLine]:
