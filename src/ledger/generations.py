@@ -103,23 +103,33 @@ def _missing_table(error: Exception) -> bool:
 
 def live_state(cursor: Cursor, name: str, *, lock: bool = False) -> Live:
     """The projection's live generation and position, read (or locked) in the open transaction."""
+    return live_states(cursor, [name], lock=lock)[name]
+
+
+def live_states(cursor: Cursor, names: Sequence[str], *, lock: bool = False) -> dict[str, Live]:
+    """Each named projection's live generation and position, read (or locked, in name order) in
+    the open transaction, in one statement."""
     suffix = " FOR UPDATE" if lock else ""
+    marks = ", ".join(["%s"] * len(names))
     try:
         cursor.execute(
-            f"SELECT generation, position FROM ledger_projections WHERE name = %s{suffix}",
-            (name,),
+            "SELECT name, generation, position FROM ledger_projections"
+            f" WHERE name IN ({marks}) ORDER BY name{suffix}",
+            list(names),
         )
-        row = cursor.fetchone()
+        rows = cursor.fetchall()
     except Exception as error:
         if not _is_database_error(error) or not _missing_table(error):
             raise
-        row = None
-    if row is None:
-        raise ProjectionMissing(
-            f"read model {name!r} does not exist yet: start `ledger run` (or run"
-            " `python -m ledger.deploy_setup`) to create it"
-        )
-    return Live(Generation(int(row[0])), int(row[1]))
+        rows = []
+    lives = {str(row[0]): Live(Generation(int(row[1])), int(row[2])) for row in rows}
+    for name in names:
+        if name not in lives:
+            raise ProjectionMissing(
+                f"read model {name!r} does not exist yet: start `ledger run` (or run"
+                " `python -m ledger.deploy_setup`) to create it"
+            )
+    return lives
 
 
 def lock_live(database: Database, cursor: Cursor, name: str) -> Live:
@@ -129,10 +139,17 @@ def lock_live(database: Database, cursor: Cursor, name: str) -> Live:
 
 def set_live(cursor: Cursor, name: str, live: Live) -> None:
     """Point the projection at a generation and position (the row must be locked)."""
-    cursor.execute(
-        "UPDATE ledger_projections SET generation = %s, position = %s WHERE name = %s",
-        (live.generation.number, live.position, name),
-    )
+    set_lives(cursor, {name: live})
+
+
+def set_lives(cursor: Cursor, lives: dict[str, Live]) -> None:
+    """Point each named projection at its generation and position (the rows must be locked):
+    one statement (`executemany` sends them in one pipeline on PostgreSQL)."""
+    if lives:
+        cursor.executemany(
+            "UPDATE ledger_projections SET generation = %s, position = %s WHERE name = %s",
+            [(live.generation.number, live.position, name) for name, live in lives.items()],
+        )
 
 
 def drop_generation(cursor: Cursor, projection: Projection, generation: Generation) -> None:
@@ -167,13 +184,22 @@ class LiveProjection:
     def handle_in(self, cursor: Cursor, notifications: Sequence[Notification]) -> None:
         """`handle` inside a transaction the caller opened (and commits)."""
         live = lock_live(self.database, cursor, self.name)
+        moved = self.apply_in(cursor, live, notifications)
+        if moved is not None:
+            set_live(cursor, self.name, moved)
+
+    def apply_in(
+        self, cursor: Cursor, live: Live, notifications: Sequence[Notification]
+    ) -> Live | None:
+        """Apply what of the batch is new to `live` (the row locked by the caller) into its
+        generation; where the projection now stands, or None if nothing was new."""
         fresh = [n for n in notifications if n.id > live.position]
         if not fresh:
-            return
+            return None
         known = known_events(self.projection, fresh, strict=False)
         if known:
             self.projection.apply(self.database, cursor, live.generation, known)
-        set_live(cursor, self.name, Live(live.generation, fresh[-1].id))
+        return Live(live.generation, fresh[-1].id)
 
 
 class LiveProjections:
@@ -201,10 +227,20 @@ class LiveProjections:
         return min(self.positions().values())
 
     def handle(self, notifications: Sequence[Notification]) -> None:
-        """Apply a batch to every projection's live generation, in one transaction."""
+        """Apply a batch to every projection's live generation, in one transaction: their rows
+        of `ledger_projections` locked in one statement and moved on in another."""
         with self.database.transaction() as cursor, decoding_once():
+            lives = live_states(
+                cursor,
+                [handler.name for handler in self.handlers],
+                lock=self.database.kind == "postgresql",
+            )
+            moved: dict[str, Live] = {}
             for handler in self.handlers:
-                handler.handle_in(cursor, notifications)
+                live = handler.apply_in(cursor, lives[handler.name], notifications)
+                if live is not None:
+                    moved[handler.name] = live
+            set_lives(cursor, moved)
 
 
 def read_live(database: Database, name: str, query: Callable[[Cursor, Live], T]) -> T:

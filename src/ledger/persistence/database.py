@@ -93,6 +93,11 @@ class _SQLiteCursor:
         return self._cursor.fetchone()
 
 
+def is_sqlite_cursor(cursor: Cursor) -> bool:
+    """Whether a cursor of `Database.transaction` or `read` is SQLite's (else PostgreSQL's)."""
+    return isinstance(cursor, _SQLiteCursor)
+
+
 def _sqlite_quiescent_state(path: Path) -> tuple[int, int, int, int] | None:
     """The file's identity and last change, if no connection writes it; None otherwise.
 
