@@ -689,6 +689,51 @@ def test_failed_refund_escheated_is_not_retried() -> None:
     assert places(account) == {op: {"escheated": 20_000}}
 
 
+def test_a_voided_invoice_names_the_payment_that_paid_it() -> None:
+    clock = Clock()
+    account = open_account(clock)
+    bill(account, clock, "inv-1", 10_000)
+    bill(account, clock, "inv-2", 5_000)
+    for payment_id, invoice_id, amount_minor, method in (
+        ("pay-1", "inv-1", 10_000, "card"),
+        ("pay-2", "inv-2", 5_000, "ach"),
+    ):
+        account.receive_payment(
+            payment_id=payment_id,
+            amount=Money(amount_minor, "USD"),
+            method=method,
+            invoice_id=invoice_id,
+            origin=origin(clock.now),
+            now=clock.now,
+            policy=POLICY,
+        )
+    account.void_invoice_and_detect(
+        invoice_id="inv-1", origin=origin(clock.now), policy=POLICY, now=clock.now
+    )
+    ((op, overpayment),) = account.overpayments.items()
+    assert overpayment["payment_id"] == "pay-1"  # the payment that named it, not the last one
+    verify(account, clock, op)
+    resolve(account, clock, op, "refund")
+    refund = account.refunds[refund_of(account, op)]
+    assert (refund["payment_id"], refund["amount"]) == ("pay-1", 10_000)
+    events = account.collect_events()
+    requested = [event for event in events if type(event).__name__ == "RefundRequested"]
+    assert [event.method for event in requested] == ["card"]  # back the way it came
+    expect_books(account, cash=15_000, revenue=5_000, refund_clearing=10_000)
+    # Replayed, the account knows which payment paid each invoice.
+    replayed = project_aggregate(None, events)
+    assert replayed is not None and replayed.invoices == account.invoices
+    # A snapshot from before it was remembered (class version 5) reads as paid by no named
+    # payment: a void of such an invoice names the account's last payment, as before.
+    state = {key: value for key, value in vars(account).items()}
+    state["invoices"] = {
+        invoice_id: {key: value for key, value in invoice.items() if key != "paid_by"}
+        for invoice_id, invoice in account.invoices.items()
+    }
+    Account.upcast_v5_v6(state)
+    assert {invoice["paid_by"] for invoice in state["invoices"].values()} == {None}
+
+
 def test_payment_returned_after_a_larger_invoice_was_voided() -> None:
     clock = Clock()
     account = open_account(clock)

@@ -73,7 +73,7 @@ class Account(OverpaymentHandling, DisputeHandling, Aggregate):
     """
 
     TOPIC = "account"
-    class_version = 5
+    class_version = 6
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -103,6 +103,14 @@ class Account(OverpaymentHandling, DisputeHandling, Aggregate):
             for overpayment_id, overpayment in state.get("overpayments", {}).items()
             if not overpayment["places"].keys().isdisjoint(APPLIES_TO_INVOICES)
         }
+
+    @staticmethod
+    def upcast_v5_v6(state: dict[str, Any]) -> None:
+        """v6 remembers, on each invoice, the last payment that named it (`paid_by`). A v5
+        snapshot never recorded it: its invoices read as paid by no named payment, and a void of
+        one is attributed to the account's last payment, as v5 did."""
+        for invoice in state.get("invoices", {}).values():
+            invoice.setdefault("paid_by", None)
 
     class Snapshot(LibrarySnapshot):
         """A snapshot of an account's state (the library's, under a stable name)."""
@@ -161,7 +169,11 @@ class Account(OverpaymentHandling, DisputeHandling, Aggregate):
         def apply(self, aggregate: Any) -> None:
             """Move the balances; remember the invoice (it may be voided)."""
             aggregate.apply_postings(self.postings)
-            aggregate.invoices[self.invoice_id] = {"amount": self.amount_minor, "voided": False}
+            aggregate.invoices[self.invoice_id] = {
+                "amount": self.amount_minor,
+                "voided": False,
+                "paid_by": None,
+            }
 
     class PaymentReceived(MoneyFact):
         """Money arrived: it settles the receivable and any excess becomes customer credit."""
@@ -185,6 +197,9 @@ class Account(OverpaymentHandling, DisputeHandling, Aggregate):
                 "overpayment_id": None,
                 "returned": False,
             }
+            named = aggregate.invoices.get(self.invoice_id) if self.invoice_id else None
+            if named is not None:
+                named["paid_by"] = self.payment_id
             aggregate.last_activity = later(aggregate.last_activity, self.reported_at)
 
     class OverpaymentDetected(Event):
@@ -381,12 +396,22 @@ class Account(OverpaymentHandling, DisputeHandling, Aggregate):
     def void_invoice_and_detect(
         self, *, invoice_id: str, origin: FactOrigin, policy: Policy, now: datetime
     ) -> None:
-        """Void an invoice; what was already paid of it is an overpayment like any other."""
+        """Void an invoice; what was already paid of it is an overpayment like any other.
+
+        The overpayment names the payment that paid the invoice (so a refund goes back to its
+        method): the last payment that named the invoice, else (payments settle the account's
+        receivable, not an invoice) the account's last payment.
+        """
+        invoice = self.invoices.get(invoice_id)
+        named = invoice.get("paid_by") if invoice is not None else None
         paid = self.void_invoice(
             invoice_id=invoice_id, origin=origin.event_fields(), policy=policy, now=now
         )
-        last_payment = next(reversed(self.payments), "") if self.payments else ""
-        self.detect_overpayment(last_payment, paid, policy, now)
+        if named is not None and named in self.payments:
+            payer = named
+        else:
+            payer = next(reversed(self.payments), "") if self.payments else ""
+        self.detect_overpayment(payer, paid, policy, now)
 
     def detect_overpayment(
         self, payment_id: str, excess_minor: int, policy: Policy, now: datetime

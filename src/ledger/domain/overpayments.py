@@ -645,8 +645,8 @@ class OverpaymentHandling:
         postings: list[Posting] = []
         moves: list[list[Any]] = []
         # What the return takes back: first from credit still held, the rest is owed again.
-        # Never more than the payment: a voided invoice's overpayment names the last payment,
-        # and may hold more than that payment brought.
+        # Never more than the payment: a voided invoice's overpayment names the payment that
+        # paid it (or the last one), and may hold more than that payment brought.
         remaining = payment["amount"]
         overpayment_id = payment.get("overpayment_id")
         excess = payment["amount"] - payment["settled"]
