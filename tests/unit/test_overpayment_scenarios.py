@@ -734,6 +734,35 @@ def test_a_voided_invoice_names_the_payment_that_paid_it() -> None:
     assert {invoice["paid_by"] for invoice in state["invoices"].values()} == {None}
 
 
+def test_a_voided_invoice_whose_named_payment_came_back_names_the_last_payment() -> None:
+    clock = Clock()
+    account = open_account(clock)
+    bill(account, clock, "inv-1", 10_000)
+    account.receive_payment(
+        payment_id="pay-1",
+        amount=Money(10_000, "USD"),
+        method="ach",
+        invoice_id="inv-1",
+        origin=origin(clock.now),
+        now=clock.now,
+        policy=POLICY,
+    )
+    account.return_payment(
+        payment_id="pay-1",
+        amount_minor=10_000,
+        reason="ACH R01",
+        origin=origin(clock.now).event_fields(),
+        now=clock.now,
+    )
+    pay(account, clock, "pay-2", 10_000)  # by card, naming no invoice: it paid inv-1
+    account.void_invoice_and_detect(
+        invoice_id="inv-1", origin=origin(clock.now), policy=POLICY, now=clock.now
+    )
+    ((_, overpayment),) = account.overpayments.items()
+    assert overpayment["payment_id"] == "pay-2"
+    expect_books(account, cash=10_000, customer_credit=10_000)
+
+
 def test_payment_returned_after_a_larger_invoice_was_voided() -> None:
     clock = Clock()
     account = open_account(clock)

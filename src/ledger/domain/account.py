@@ -399,15 +399,16 @@ class Account(OverpaymentHandling, DisputeHandling, Aggregate):
         """Void an invoice; what was already paid of it is an overpayment like any other.
 
         The overpayment names the payment that paid the invoice (so a refund goes back to its
-        method): the last payment that named the invoice, else (payments settle the account's
-        receivable, not an invoice) the account's last payment.
+        method): the last payment that named the invoice, unless it came back (a returned
+        payment paid nothing); else (payments settle the account's receivable, not an invoice)
+        the account's last payment.
         """
         invoice = self.invoices.get(invoice_id)
         named = invoice.get("paid_by") if invoice is not None else None
         paid = self.void_invoice(
             invoice_id=invoice_id, origin=origin.event_fields(), policy=policy, now=now
         )
-        if named is not None and named in self.payments:
+        if named is not None and named in self.payments and not self.payments[named]["returned"]:
             payer = named
         else:
             payer = next(reversed(self.payments), "") if self.payments else ""
