@@ -106,9 +106,9 @@ def live_state(cursor: Cursor, name: str, *, lock: bool = False) -> Live:
     return live_states(cursor, [name], lock=lock)[name]
 
 
-def live_states(cursor: Cursor, names: Sequence[str], *, lock: bool = False) -> dict[str, Live]:
-    """Each named projection's live generation and position, read (or locked, in name order) in
-    the open transaction, in one statement."""
+def _read_lives(cursor: Cursor, names: Sequence[str], *, lock: bool) -> dict[str, Live]:
+    """Of the named projections, those that exist, with their live generation and position,
+    read (or locked, in name order) in one statement; none before the table exists."""
     suffix = " FOR UPDATE" if lock else ""
     marks = ", ".join(["%s"] * len(names))
     try:
@@ -122,7 +122,13 @@ def live_states(cursor: Cursor, names: Sequence[str], *, lock: bool = False) -> 
         if not _is_database_error(error) or not _missing_table(error):
             raise
         rows = []
-    lives = {str(row[0]): Live(Generation(int(row[1])), int(row[2])) for row in rows}
+    return {str(row[0]): Live(Generation(int(row[1])), int(row[2])) for row in rows}
+
+
+def live_states(cursor: Cursor, names: Sequence[str], *, lock: bool = False) -> dict[str, Live]:
+    """Each named projection's live generation and position, read (or locked, in name order) in
+    the open transaction, in one statement."""
+    lives = _read_lives(cursor, names, lock=lock)
     for name in names:
         if name not in lives:
             raise ProjectionMissing(
@@ -134,7 +140,13 @@ def live_states(cursor: Cursor, names: Sequence[str], *, lock: bool = False) -> 
 
 def lock_live(database: Database, cursor: Cursor, name: str) -> Live:
     """Lock the projection's live row for the rest of the transaction and return it."""
-    return live_state(cursor, name, lock=database.kind == "postgresql")
+    return lock_lives(database, cursor, [name])[name]
+
+
+def lock_lives(database: Database, cursor: Cursor, names: Sequence[str]) -> dict[str, Live]:
+    """Lock the projections' live rows for the rest of the transaction and return them (FOR
+    UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes every other writer)."""
+    return live_states(cursor, names, lock=database.kind == "postgresql")
 
 
 def set_live(cursor: Cursor, name: str, live: Live) -> None:
@@ -230,11 +242,7 @@ class LiveProjections:
         """Apply a batch to every projection's live generation, in one transaction: their rows
         of `ledger_projections` locked in one statement and moved on in another."""
         with self.database.transaction() as cursor, decoding_once():
-            lives = live_states(
-                cursor,
-                [handler.name for handler in self.handlers],
-                lock=self.database.kind == "postgresql",
-            )
+            lives = lock_lives(self.database, cursor, [handler.name for handler in self.handlers])
             moved: dict[str, Live] = {}
             for handler in self.handlers:
                 live = handler.apply_in(cursor, lives[handler.name], notifications)
@@ -277,13 +285,8 @@ def live_positions(database: Database, names: Sequence[str]) -> dict[str, int]:
     """The live position of each named projection, read in one transaction (0: none yet)."""
 
     def read(cursor: Cursor) -> dict[str, int]:
-        positions = {}
-        for name in names:
-            try:
-                positions[name] = live_state(cursor, name).position
-            except ProjectionMissing:
-                positions[name] = 0
-        return positions
+        lives = _read_lives(cursor, names, lock=False)
+        return {name: lives[name].position if name in lives else 0 for name in names}
 
     return database.query(read)
 
