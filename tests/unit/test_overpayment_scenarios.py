@@ -65,20 +65,39 @@ def bill(account: Account, clock: Clock, invoice_id: str, amount_minor: int) -> 
     )
 
 
-def pay(account: Account, clock: Clock, payment_id: str, amount_minor: int) -> str | None:
+def pay(
+    account: Account,
+    clock: Clock,
+    payment_id: str,
+    amount_minor: int,
+    *,
+    method: str = "card",
+    invoice_id: str | None = None,
+) -> str | None:
     """Receive a payment; the id of the overpayment it made, if any."""
     before = set(account.overpayments)
     account.receive_payment(
         payment_id=payment_id,
         amount=Money(amount_minor, "USD"),
-        method="card",
-        invoice_id=None,
+        method=method,
+        invoice_id=invoice_id,
         origin=origin(clock.now),
         now=clock.now,
         policy=POLICY,
     )
     made = set(account.overpayments) - before
     return made.pop() if made else None
+
+
+def give_back(account: Account, clock: Clock, payment_id: str, amount_minor: int) -> None:
+    """The processor reports the payment returned (an ACH return)."""
+    account.return_payment(
+        payment_id=payment_id,
+        amount_minor=amount_minor,
+        reason="ACH R01",
+        origin=origin(clock.now).event_fields(),
+        now=clock.now,
+    )
 
 
 def verify(account: Account, clock: Clock, overpayment_id: str) -> None:
@@ -521,13 +540,7 @@ def test_payment_returned_after_its_refund_becomes_receivable() -> None:
     resolve(account, clock, op, "refund")
     settle(account, clock, refund_of(account, op))
     expect_books(account, revenue=10_000, cash=10_000)
-    account.return_payment(
-        payment_id="pay-1",
-        amount_minor=30_000,
-        reason="ACH R01",
-        origin=origin(clock.now).event_fields(),
-        now=clock.now,
-    )
+    give_back(account, clock, "pay-1", 30_000)
     # We refunded 20,000 the customer never paid, and the invoice is unpaid again.
     expect_books(account, revenue=10_000, receivable=30_000, cash=-20_000)
     assert places(account) == {op: {"refunded": 20_000}}
@@ -540,13 +553,7 @@ def test_payment_returned_while_its_credit_is_held() -> None:
     bill(account, clock, "inv-1", 10_000)
     op = pay(account, clock, "pay-1", 30_000)
     assert op is not None
-    account.return_payment(
-        payment_id="pay-1",
-        amount_minor=30_000,
-        reason="ACH R01",
-        origin=origin(clock.now).event_fields(),
-        now=clock.now,
-    )
+    give_back(account, clock, "pay-1", 30_000)
     expect_books(account, revenue=10_000, receivable=10_000)
     assert places(account) == {op: {"reversed": 20_000}}
 
@@ -648,13 +655,7 @@ def test_failed_refund_whose_payment_came_back_is_not_retried() -> None:
     resolve(account, clock, op, "refund")
     refund_id = refund_of(account, op)
     fail(account, clock, refund_id)
-    account.return_payment(
-        payment_id="pay-1",
-        amount_minor=20_000,
-        reason="ACH R01",
-        origin=origin(clock.now).event_fields(),
-        now=clock.now,
-    )
+    give_back(account, clock, "pay-1", 20_000)
     expect_books(account)
     assert places(account) == {op: {"reversed": 20_000}}
     account.collect_events()
@@ -694,19 +695,8 @@ def test_a_voided_invoice_names_the_payment_that_paid_it() -> None:
     account = open_account(clock)
     bill(account, clock, "inv-1", 10_000)
     bill(account, clock, "inv-2", 5_000)
-    for payment_id, invoice_id, amount_minor, method in (
-        ("pay-1", "inv-1", 10_000, "card"),
-        ("pay-2", "inv-2", 5_000, "ach"),
-    ):
-        account.receive_payment(
-            payment_id=payment_id,
-            amount=Money(amount_minor, "USD"),
-            method=method,
-            invoice_id=invoice_id,
-            origin=origin(clock.now),
-            now=clock.now,
-            policy=POLICY,
-        )
+    pay(account, clock, "pay-1", 10_000, method="card", invoice_id="inv-1")
+    pay(account, clock, "pay-2", 5_000, method="ach", invoice_id="inv-2")
     account.void_invoice_and_detect(
         invoice_id="inv-1", origin=origin(clock.now), policy=POLICY, now=clock.now
     )
@@ -738,22 +728,8 @@ def test_a_voided_invoice_whose_named_payment_came_back_names_the_last_payment()
     clock = Clock()
     account = open_account(clock)
     bill(account, clock, "inv-1", 10_000)
-    account.receive_payment(
-        payment_id="pay-1",
-        amount=Money(10_000, "USD"),
-        method="ach",
-        invoice_id="inv-1",
-        origin=origin(clock.now),
-        now=clock.now,
-        policy=POLICY,
-    )
-    account.return_payment(
-        payment_id="pay-1",
-        amount_minor=10_000,
-        reason="ACH R01",
-        origin=origin(clock.now).event_fields(),
-        now=clock.now,
-    )
+    pay(account, clock, "pay-1", 10_000, method="ach", invoice_id="inv-1")
+    give_back(account, clock, "pay-1", 10_000)
     pay(account, clock, "pay-2", 10_000)  # by card, naming no invoice: it paid inv-1
     account.void_invoice_and_detect(
         invoice_id="inv-1", origin=origin(clock.now), policy=POLICY, now=clock.now
@@ -776,13 +752,7 @@ def test_payment_returned_after_a_larger_invoice_was_voided() -> None:
     ((op, overpayment),) = account.overpayments.items()
     assert overpayment["payment_id"] == "pay-2"  # a void names the last payment
     expect_books(account, cash=15_000, revenue=5_000, customer_credit=10_000)
-    account.return_payment(
-        payment_id="pay-2",
-        amount_minor=5_000,
-        reason="ACH R01",
-        origin=origin(clock.now).event_fields(),
-        now=clock.now,
-    )
+    give_back(account, clock, "pay-2", 5_000)
     # The return takes back no more than the payment brought.
     expect_books(account, cash=10_000, revenue=5_000, customer_credit=5_000)
     assert places(account) == {op: {"credit": 5_000, "reversed": 5_000}}
