@@ -15,6 +15,7 @@ import pytest
 from eventsourcing.persistence import Notification, Tracking
 from typer.testing import CliRunner
 
+from ledger import read_models
 from ledger.bench.system_workers import CLOUDEVENT_HEADER_NAMES, baseline_headers
 from ledger.bench.worker import NoDomainService
 from ledger.cli import app
@@ -90,6 +91,13 @@ def test_bench_json_document(bench_env: str) -> None:
     stored = mix["opened"] + mix["invoice"] + mix["payment"] + mix["overpayment"]
     stored += 2 * (mix["dispute_opened"] + mix["dispute_closed"])
     assert document["rebuild"]["events"] == stored
+    # Every registered read model is rebuilt on its own from the same log, and the log decoded.
+    models = document["rebuild"]["models"]
+    assert list(models) == read_models.names()
+    for figures in (*models.values(), document["rebuild"]["decode"]):
+        assert figures["events"] == stored
+        assert all(_positive(figures[key]) for key in ("events_per_s", "baseline_per_s", "ratio"))
+    assert models["balances"]["ratio"] == document["rebuild"]["ratio"]
     for phase in ("ingest", "rebuild"):
         figures = document[phase]
         assert {"events_per_s", "baseline_per_s", "ratio"} <= figures.keys()

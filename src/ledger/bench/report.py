@@ -48,6 +48,21 @@ def _throughput_row(label: str, figures: dict[str, Any]) -> tuple[str, str, str,
     )
 
 
+def _rebuild_rows(rebuild: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Each read model rebuilt on its own, and the log only decoded, against the raw copy."""
+    passes = [(f"  rebuilt alone: {name}", figures) for name, figures in rebuild["models"].items()]
+    passes.append(("  log only read and decoded", rebuild["decode"]))
+    return [
+        (
+            label,
+            _number(figures["events_per_s"]),
+            _number(figures["baseline_per_s"]),
+            f"{figures['ratio']:.2f} of the raw copy",
+        )
+        for label, figures in passes
+    ]
+
+
 CPU_ROLES = ("ingest", "relay", "projections", "scheduler", "broker", "publisher", "postgres")
 """The system phase's processes, in the order the table shows their CPU."""
 
@@ -162,6 +177,8 @@ def table(document: dict[str, Any]) -> Table:
     rebuild = document.get("rebuild")
     if rebuild:
         result.add_row(*_throughput_row("rebuild (events/s)", rebuild))
+        for row in _rebuild_rows(rebuild):
+            result.add_row(*row)
     load = document.get("load")
     if load:
         result.add_row(
