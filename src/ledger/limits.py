@@ -53,6 +53,8 @@ aggregate_cache_max = 10_000
 """Account aggregates kept in memory by one ingest worker (least recently used are dropped)."""
 notification_batch_max = 2000
 """Notifications read from the event store per relay or projection batch."""
+notification_uuid_cache_max = 100_000
+"""Originator ids a reader of the log keeps parsed (cleared when full: about 10 MB at most)."""
 projection_idle_poll_s = 0.02
 """How long a relay or projection sleeps when the event store has nothing new."""
 live_read_attempts_max = 3

@@ -6,11 +6,18 @@ from collections.abc import Collection, Sequence
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent, Tracking
+from eventsourcing.persistence import (
+    InterfaceError,
+    Notification,
+    OperationalError,
+    StoredEvent,
+    Tracking,
+)
 from eventsourcing.postgres import PostgresFactory, PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteCursor, SQLiteFactory, SQLiteProcessRecorder
+from eventsourcing.utils import retry
 from psycopg import Cursor
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Composed, Identifier
 
 from ledger import limits
@@ -76,6 +83,40 @@ def _sqlite_rows(stored_events: Sequence[StoredEvent]) -> list[tuple[Any, ...]]:
     ]
 
 
+_UUIDS: dict[str, UUID] = {}
+"""Originator ids already read, by their stored text: a log names the same accounts again and
+again, and `UUID(text)` costs a microsecond."""
+
+
+def _uuid(text: str) -> UUID:
+    found = _UUIDS.get(text)
+    if found is None:
+        if len(_UUIDS) >= limits.notification_uuid_cache_max:
+            _UUIDS.clear()
+        found = _UUIDS[text] = UUID(text)
+    return found
+
+
+def _notification(
+    notification_id: int, originator_id: UUID, version: int, topic: str, state: bytes
+) -> Notification:
+    """A `Notification` filled as the library's frozen dataclass would be, without its
+    `__init__` (which sets each field through `object.__setattr__`)."""
+    notification = object.__new__(Notification)
+    object.__setattr__(
+        notification,
+        "__dict__",
+        {
+            "originator_id": originator_id,
+            "originator_version": version,
+            "topic": topic,
+            "state": state,
+            "id": notification_id,
+        },
+    )
+    return notification
+
+
 class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
     """SQLite process recorder with an inbound idempotency-key table.
 
@@ -109,6 +150,37 @@ class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        """The library's page of the log, read as plain tuples (not `sqlite3.Row`s looked up
+        by name) into notifications built without their `__init__`, each originator id parsed
+        once: what the relays and the projections read for every event (6.5 -> 2.5 us a
+        notification). Pages with a `stop` or `topics`, which they never ask for, go to the
+        library."""
+        if start is None or stop is not None or topics:
+            return super().select_notifications(
+                start, limit, stop, topics, inclusive_of_start=inclusive_of_start
+            )
+        statement = (
+            "SELECT rowid, originator_id, originator_version, topic, state"
+            f" FROM {self.events_table_name} WHERE rowid {'>=' if inclusive_of_start else '>'} ?"
+            " ORDER BY rowid LIMIT ?"
+        )
+        with self.datastore.transaction(commit=False) as c:
+            c.sqlite_cursor.row_factory = None  # tuples; the cursor is this read's alone
+            c.execute(statement, (start, limit))
+            rows = c.fetchall()
+        if self.datastore.originator_id_type != "uuid":
+            return [_notification(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        return [_notification(r[0], _uuid(r[1]), r[2], r[3], r[4]) for r in rows]
 
     def construct_create_table_statements(self) -> list[str]:
         """Create the library's tables and ours."""
@@ -240,8 +312,49 @@ class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder)
         self._insert_columns_statement = self._columns_statement(
             self.events_table_name, SQL(" RETURNING notification_id")
         )
+        select_page = (
+            "SELECT notification_id, originator_id, originator_version, topic, state"
+            " FROM {schema}.{table} WHERE notification_id {op} %s"
+            " ORDER BY notification_id LIMIT %s"
+        )
+        self._select_pages = {
+            inclusive: SQL(select_page).format(
+                schema=Identifier(self.datastore.schema),
+                table=Identifier(self.events_table_name),
+                op=SQL(">=" if inclusive else ">"),
+            )
+            for inclusive in (True, False)
+        }
 
     _insert_snapshots_statement: Composed | None = None
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        """The library's page of the log, read as tuples (not dicts) into notifications built
+        without their `__init__`, from a statement composed once: what the relays and the
+        projections read for every event. Pages with a `stop` or `topics`, which they never
+        ask for, go to the library."""
+        if start is None or stop is not None or topics:
+            page: Sequence[Notification] = super().select_notifications(
+                start, limit, stop, topics, inclusive_of_start=inclusive_of_start
+            )
+            return page
+        connection = self.datastore.get_connection()
+        with connection as conn, conn.cursor(row_factory=tuple_row) as curs:
+            curs.execute(self._select_pages[inclusive_of_start], (start, limit), prepare=True)
+            rows = curs.fetchall()
+        return [
+            _notification(r[0], r[1], r[2], r[3], r[4] if type(r[4]) is bytes else bytes(r[4]))
+            for r in rows
+        ]
 
     def write_snapshots_to(self, table: str) -> None:
         """See `InboundKeyRecorder.write_snapshots_to`."""
