@@ -91,3 +91,48 @@ def test_read_only_sqlite_reads_of_a_file_that_keeps_changing_give_up(tmp_path: 
     with pytest.raises(DatabaseUnavailable, match="changed during each of"):
         reader.query(read)
     assert not Path(f"{path}-wal").exists()
+
+
+def test_insert_rows_writes_every_kind_of_value_and_upserts(database_url: str) -> None:
+    database = Database(parse_database_url(database_url))
+    columns = ("id", "name", "amount", "count", "flag", "note")
+    pg_types = ("text", "text", "bigint", "integer", "boolean", "text")
+    upsert = "ON CONFLICT (id) DO UPDATE SET amount = t_rows.amount + excluded.amount"
+    try:
+        with database.transaction() as cursor:
+            cursor.execute("DROP TABLE IF EXISTS t_rows")
+            cursor.execute(
+                "CREATE TABLE t_rows (id TEXT PRIMARY KEY, name TEXT NOT NULL, amount BIGINT,"
+                " count INTEGER, flag BOOLEAN, note TEXT)"
+            )
+            rows = [
+                ("a", 'quote " back\\slash é 😀', 2**62, -7, True, None),
+                ("b", "", 0, 2**31 - 1, False, '{"json": [1, 2]}'),
+            ]
+            database.insert_rows(cursor, "t_rows", columns, rows, pg_types=pg_types)
+            database.insert_rows(
+                cursor,
+                "t_rows",
+                columns,
+                [("b", "x", 5, 0, False, None)],
+                pg_types=pg_types,
+                suffix=upsert,
+            )
+            database.insert_rows(cursor, "t_rows", columns, [], pg_types=pg_types)
+        with database.read() as cursor:
+            cursor.execute("SELECT * FROM t_rows ORDER BY id")
+            found = [tuple(row) for row in cursor.fetchall()]
+        assert [(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in found] == [
+            ("a", 'quote " back\\slash é 😀', 2**62, -7, True, None),
+            ("b", "", 5, 2**31 - 1, False, '{"json": [1, 2]}'),
+        ]
+        if database.kind == "postgresql":
+            with (
+                pytest.raises(ValueError, match="6 columns but 5 pg_types"),
+                database.transaction() as cursor,
+            ):
+                database.insert_rows(cursor, "t_rows", columns, rows, pg_types=pg_types[:5])
+    finally:
+        with database.transaction() as cursor:
+            cursor.execute("DROP TABLE IF EXISTS t_rows")
+        database.close()

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
+import orjson
+
 if TYPE_CHECKING:
     import psycopg
 
@@ -143,18 +145,24 @@ class Database:
     ) -> None:
         """Insert many rows (then `suffix`, such as an ON CONFLICT clause) in the open transaction.
 
-        PostgreSQL gets one statement over binary arrays, one per column (`pg_types` name their
-        element types), instead of a statement per row: a batch costs one round trip and one
-        plan. SQLite, in the process, gets `executemany`. Rows must not repeat a conflict key.
+        PostgreSQL gets one statement over the rows as one JSON array of arrays (orjson, in C),
+        each value cast to its column's type (`pg_types`), instead of a statement per row: a
+        batch costs one round trip and one plan. (Column arrays for `unnest` cost psycopg 3.4-4.6
+        us of Python a row of eight columns, dumped element by element; the JSON 1 us, the
+        server's time the same.) Values are text, integers, booleans or None. SQLite, in the
+        process, gets `executemany`. Rows must not repeat a conflict key.
         """
         if not rows:
             return
         names = ", ".join(columns)
         if self.kind == "postgresql":
-            arrays = ", ".join(f"%b::{pg_type}[]" for pg_type in pg_types)
+            if len(pg_types) != len(columns):
+                raise ValueError(f"{table}: {len(columns)} columns but {len(pg_types)} pg_types")
+            values = ", ".join(f"(r->>{n})::{pg_type}" for n, pg_type in enumerate(pg_types))
             cursor.execute(
-                f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {suffix}",
-                [list(column) for column in zip(*rows, strict=True)],
+                f"INSERT INTO {table} ({names}) SELECT {values}"
+                f" FROM jsonb_array_elements(%s::jsonb) AS r {suffix}",
+                (orjson.dumps(rows).decode(),),
             )
         else:
             values = ", ".join(["%s"] * len(columns))
