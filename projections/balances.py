@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import orjson
 from eventsourcing.persistence import Notification
 
-from ledger.clock import epoch_us
+from ledger.clock import stored_moment
 from ledger.domain.event_names import ACCOUNT_OPENED, EVENT_CLASSES, event_name
 from ledger.domain.postings import add_movements
 from ledger.persistence.database import Cursor, Database
@@ -122,15 +121,15 @@ class BalancesProjection:
                     deltas[(account_id, posting["currency"])],
                     ((posting["debit"], posting["credit"], posting["amount_minor"]),),
                 )
-            moment = datetime.fromisoformat(state["timestamp"])
+            occurred_at, occurred_us = stored_moment(state["timestamp"])
             history.append(
                 (
                     notification.id,
                     account_id,
                     notification.originator_version,
                     type_name,
-                    moment.isoformat(),
-                    epoch_us(moment),
+                    occurred_at,
+                    occurred_us,
                     orjson.dumps(public_data(state)).decode(),
                     orjson.dumps(public_postings(state)).decode(),
                 )

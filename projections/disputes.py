@@ -19,12 +19,12 @@ boundaries, writes the same rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import orjson
 from eventsourcing.persistence import Notification
 
+from ledger.clock import stored_moment
 from ledger.domain import dispute_events as dv
 from ledger.domain import protocol_events as ev
 from ledger.domain.disputes import FOLLOW_UP_REASONS
@@ -327,7 +327,7 @@ class DisputesProjection:
         changed: dict[str, dict[str, Any]] = {}
         events: list[tuple[Any, ...]] = []
         for notification, type_name, state, dispute_id in decoded:
-            at = datetime.fromisoformat(state["timestamp"]).isoformat()
+            at = stored_moment(state["timestamp"])[0]
             if dispute_id is None:
                 owner = dispute_of_follow_up.get(state["follow_up_id"])
                 if owner is None:  # a follow-up about something else (an overpayment)

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from eventsourcing.persistence import Notification
 
-from ledger.clock import epoch_us
+from ledger.clock import epoch_us, stored_moment
 from ledger.domain import protocol_events as ev
 from ledger.domain.disputes import FOLLOW_UP_REASONS as DISPUTE_REASONS
 from ledger.domain.event_names import ACCOUNT_OPENED, EVENT_CLASSES, event_name
@@ -215,7 +215,7 @@ class FollowUpsProjection:
         changed_holds: set[str] = set()
         for type_name, state in decoded:
             account_id: str = state["account_id"]
-            at = datetime.fromisoformat(state["timestamp"]).isoformat()
+            at = stored_moment(state["timestamp"])[0]
             if type_name == ACCOUNT_OPENED:
                 accounts.setdefault(account_id, _new_account(account_id, state["currency"]))
                 changed_accounts.add(account_id)

@@ -14,12 +14,12 @@ boundaries, writes the same rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, Final
 
 import orjson
 from eventsourcing.persistence import Notification
 
+from ledger.clock import stored_moment
 from ledger.domain import protocol_events as ev
 from ledger.domain.account import Account
 from ledger.domain.event_names import EVENT_CLASSES, event_name
@@ -253,7 +253,7 @@ class OverpaymentsProjection:
         changed: dict[str, dict[str, Any]] = {}
         events: list[tuple[Any, ...]] = []
         for notification, type_name, state, ids in decoded:
-            at = datetime.fromisoformat(state["timestamp"]).isoformat()
+            at = stored_moment(state["timestamp"])[0]
             if type_name == Account.OverpaymentDetected.TOPIC:
                 rows[state["overpayment_id"]] = _detected(state, at)
             data = orjson.dumps(public_data(state)).decode()

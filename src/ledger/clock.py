@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Protocol
 
 
@@ -41,6 +42,23 @@ class FixedClock:
         self._now += delta
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def epoch_us(moment: datetime) -> int:
-    """A timezone-aware moment as whole microseconds since the Unix epoch (exact, no float)."""
-    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+    """A moment as whole microseconds since the Unix epoch (exact: integer arithmetic, no float;
+    a naive moment is local time, as `datetime.timestamp` reads it)."""
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+@lru_cache(maxsize=256)
+def stored_moment(text: str) -> tuple[str, int]:
+    """A stored event's timestamp text as RFC 3339 (`datetime.isoformat()`) and as epoch
+    microseconds. Remembered: the ingest stamps a whole batch with one recording time, so a
+    read model meets the same text for every event of a batch (parsing it, with its offset's
+    timezone, cost the projections 8% of their CPU)."""
+    moment = datetime.fromisoformat(text)
+    return moment.isoformat(), epoch_us(moment)
