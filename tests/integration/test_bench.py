@@ -201,6 +201,13 @@ def test_bench_system_and_latency(bench_env: str) -> None:
         system["events_per_s"] / system["baseline_per_s"], rel=0.01
     )
     assert system["messages"] == 1000
+    # The ledger and its baseline each ran twice, in turn (ledger, baseline, baseline, ledger):
+    # each side's figures are its runs' mean.
+    assert len(system["runs_seconds"]) == len(system["baseline_runs_seconds"]) == 2
+    assert system["seconds"] == pytest.approx(sum(system["runs_seconds"]) / 2, abs=0.002)
+    assert system["baseline_seconds"] == pytest.approx(
+        sum(system["baseline_runs_seconds"]) / 2, abs=0.002
+    )
     # Every stored event goes out once; overpayments also send a notification request.
     assert system["relayed_per_event"] > 1
     assert system["processes"]["ingest"] >= 1 and system["processes"]["relay"] >= 1

@@ -191,16 +191,24 @@ def time_system(
 class BaselineSystem:
     """The no-domain pipeline of the ledger's shape, each stage its own process."""
 
-    def __init__(self, scratch: Scratch, messages_per_event: float, consumers: int) -> None:
-        """Start a broker, create topics and tables, start consumer(s), relay and projection."""
+    def __init__(
+        self,
+        scratch: Scratch,
+        messages_per_event: float,
+        consumers: int,
+        *,
+        purpose: str = "sysbase",
+    ) -> None:
+        """Start a broker, create topics and tables, start consumer(s), relay and projection
+        (`purpose` names its database, broker and workers: one per timed run)."""
         self.scratch = scratch
-        self.broker = scratch.private_broker("system-baseline")
+        self.broker = scratch.private_broker(purpose)
         self.bootstrap = self.broker.bootstrap
         partitions = scratch.settings.partitions
         ensure_topics(
             self.bootstrap, partitions, names=(BASELINE_INBOUND_TOPIC, BASELINE_EVENTS_TOPIC)
         )
-        self.database_url = scratch.database_url("sysbase")
+        self.database_url = scratch.database_url(purpose)
         self.database = Database(parse_database_url(self.database_url))
         with self.database.transaction() as cursor:
             for statement in (
@@ -220,7 +228,7 @@ class BaselineSystem:
                     "partitions": share,
                 }
                 self.workers["ingest"].append(
-                    bench_worker(f"system-baseline-consumer-{n}", config, scratch.directory)
+                    bench_worker(f"{purpose}-consumer-{n}", config, scratch.directory)
                 )
             relay = {
                 **common,
@@ -228,12 +236,10 @@ class BaselineSystem:
                 "topic": BASELINE_EVENTS_TOPIC,
                 "messages_per_event": messages_per_event,
             }
-            self.workers["relay"].append(
-                bench_worker("system-baseline-relay", relay, scratch.directory)
-            )
+            self.workers["relay"].append(bench_worker(f"{purpose}-relay", relay, scratch.directory))
             projection = {**common, "kind": "baseline_projection"}
             self.workers["projections"].append(
-                bench_worker("system-baseline-projection", projection, scratch.directory)
+                bench_worker(f"{purpose}-projection", projection, scratch.directory)
             )
             for worker in self._all():
                 worker.wait_ready()
@@ -296,15 +302,34 @@ def _per_event(run: TimedRun, events: int, backend: str) -> dict[str, float | No
     return figures
 
 
-def measure_system(
-    scratch: Scratch, workload: Workload, progress: Progress, *, workers: int = 1
-) -> dict[str, Any]:
-    """Time the running ledger (`workers` ingest processes) and its no-domain baseline (as many
-    consumers) on the workload; see the module."""
-    events = len(workload.lines)
-    write_lines(scratch.directory / "system-lines.bin", workload.lines)
-    with running_ledger(scratch, "system", ingest_workers=workers) as ledger:
-        publisher = _publisher(scratch, "system-publisher", ledger.bootstrap, PAYMENTS_INBOUND)
+ORDER = ("ledger", "baseline", "baseline", "ledger")
+"""The timed runs, in turn: the ledger, its baseline twice, the ledger again. Each side's figures
+are the mean of its two runs, both centred on the same moment: a machine whose speed drifts over
+the phase's minutes moves both sides alike (one run each, ledger then baseline, moved the ratio
+by a tenth either way between runs of the same code)."""
+
+
+@dataclass
+class _LedgerRun:
+    run: TimedRun
+    messages_per_event: float
+    processes: dict[str, int]
+    bare: dict[str, Any] | None
+
+
+def _time_ledger(
+    scratch: Scratch,
+    events: int,
+    progress: Progress,
+    *,
+    workers: int,
+    purpose: str,
+    with_bare_producer: bool,
+) -> _LedgerRun:
+    """One timed run of the ledger on a database and broker of its own (and, if asked, the
+    bare producer sending the relays' messages of that run again)."""
+    with running_ledger(scratch, purpose, ingest_workers=workers) as ledger:
+        publisher = _publisher(scratch, f"{purpose}-publisher", ledger.bootstrap, PAYMENTS_INBOUND)
         sent_before: list[int] = []
         relay_start: list[int] = []
         relay_ends: set[int] = set()
@@ -319,7 +344,7 @@ def measure_system(
                 publisher,
                 events=events,
                 database_url=ledger.database_url,
-                label="system",
+                label=purpose.replace("system", "system "),
                 progress=progress,
                 warmed_up=warmed_up,
                 observe=lambda current: relay_ends.update(current.relays.values()),
@@ -330,29 +355,98 @@ def measure_system(
             }
         finally:
             publisher.stop()
-        progress("system: bare producer", 0, 1)
-        bare = measure_bare_producer(
-            scratch, ledger.bootstrap, after=relay_start[0], ends=sorted(relay_ends), events=events
-        )
-        progress("system: bare producer", 1, 1)
-    baseline_system = BaselineSystem(scratch, messages_per_event, processes.get("ingest", 1))
+        bare = None
+        if with_bare_producer:
+            progress("system: bare producer", 0, 1)
+            bare = measure_bare_producer(
+                scratch,
+                ledger.bootstrap,
+                after=relay_start[0],
+                ends=sorted(relay_ends),
+                events=events,
+            )
+            progress("system: bare producer", 1, 1)
+    return _LedgerRun(run, messages_per_event, processes, bare)
+
+
+def _time_baseline(
+    scratch: Scratch,
+    events: int,
+    progress: Progress,
+    *,
+    messages_per_event: float,
+    consumers: int,
+    purpose: str,
+) -> TimedRun:
+    """One timed run of the no-domain system on a database and broker of its own."""
+    baseline_system = BaselineSystem(scratch, messages_per_event, consumers, purpose=purpose)
     try:
         publisher = _publisher(
-            scratch, "system-baseline-publisher", baseline_system.bootstrap, BASELINE_INBOUND_TOPIC
+            scratch, f"{purpose}-publisher", baseline_system.bootstrap, BASELINE_INBOUND_TOPIC
         )
         try:
-            baseline = time_system(
+            return time_system(
                 baseline_system,
                 publisher,
                 events=events,
                 database_url=baseline_system.database_url,
-                label="system baseline",
+                label=purpose.replace("sysbase", "system baseline "),
                 progress=progress,
             )
         finally:
             publisher.stop()
     finally:
         baseline_system.close()
+
+
+def _mean_run(runs: list[TimedRun]) -> TimedRun:
+    """Seconds and each role's CPU averaged over runs (a role some run lacks is left out)."""
+    roles = set.intersection(*(set(run.cpu_s) for run in runs))
+    return TimedRun(
+        seconds=sum(run.seconds for run in runs) / len(runs),
+        cpu_s={role: sum(run.cpu_s[role] for run in runs) / len(runs) for role in sorted(roles)},
+    )
+
+
+def measure_system(
+    scratch: Scratch, workload: Workload, progress: Progress, *, workers: int = 1
+) -> dict[str, Any]:
+    """Time the running ledger (`workers` ingest processes) and its no-domain baseline (as many
+    consumers) on the workload, in the turns of `ORDER`; see the module."""
+    events = len(workload.lines)
+    write_lines(scratch.directory / "system-lines.bin", workload.lines)
+    ledger_runs: list[_LedgerRun] = []
+    baseline_runs: list[TimedRun] = []
+    for side in ORDER:
+        if side == "ledger":
+            ledger_runs.append(
+                _time_ledger(
+                    scratch,
+                    events,
+                    progress,
+                    workers=workers,
+                    purpose=f"system{len(ledger_runs) + 1}",
+                    with_bare_producer=not ledger_runs,
+                )
+            )
+        else:
+            first = ledger_runs[0]
+            baseline_runs.append(
+                _time_baseline(
+                    scratch,
+                    events,
+                    progress,
+                    messages_per_event=first.messages_per_event,
+                    consumers=first.processes.get("ingest", 1),
+                    purpose=f"sysbase{len(baseline_runs) + 1}",
+                )
+            )
+    first = ledger_runs[0]
+    bare = first.bare
+    if bare is None:
+        raise RuntimeError("system: the first ledger run measures the bare producer")
+    run = _mean_run([ledger.run for ledger in ledger_runs])
+    baseline = _mean_run(baseline_runs)
     events_per_s = events / run.seconds
     baseline_per_s = events / baseline.seconds
     cpu_us_per_event = _per_event(run, events, scratch.backend)
@@ -363,9 +457,11 @@ def measure_system(
         "ratio": round(events_per_s / baseline_per_s, 3),
         "seconds": round(run.seconds, 3),
         "baseline_seconds": round(baseline.seconds, 3),
+        "runs_seconds": [round(ledger.run.seconds, 3) for ledger in ledger_runs],
+        "baseline_runs_seconds": [round(timed.seconds, 3) for timed in baseline_runs],
         "messages": events,
-        "relayed_per_event": round(messages_per_event, 3),
-        "processes": processes,
+        "relayed_per_event": round(first.messages_per_event, 3),
+        "processes": first.processes,
         "cpu_us_per_event": cpu_us_per_event,
         "baseline_cpu_us_per_event": baseline_cpu_us_per_event,
         "bare_producer": bare,
