@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import Notification, Tracking
 
 from ledger import limits, read_models
 from ledger.bench.workload import LineWriter, Workload, account_name
@@ -123,24 +123,29 @@ def _against(events: int, seconds: float, baseline_s: float, copied: int) -> dic
 def _decode_log(store: EventStore, latest: int, progress: Progress) -> tuple[float, int]:
     """The least any read model of the event store does: read each notification and decode it
     (upcast to its class's current version), in the rebuild's batches, writing nothing."""
-    recorder = store.process_recorder
-    position = 0
     decoded = 0
     started = time.monotonic()
+    for notifications in _log_pages(store, 0):
+        for notification in notifications:
+            current_state(notification.topic, notification.state)
+        decoded += len(notifications)
+        progress("decode", notifications[-1].id, latest)
+    return time.monotonic() - started, decoded
+
+
+def _log_pages(store: EventStore, position: int) -> Iterator[Sequence[Notification]]:
+    """The log after `position`, in the projections' batches."""
+    recorder = store.process_recorder
     while True:
         notifications = recorder.select_notifications(
             start=position, limit=limits.notification_batch_max, inclusive_of_start=False
         )
         if not notifications:
-            break
-        for notification in notifications:
-            current_state(notification.topic, notification.state)
+            return
+        yield notifications
         position = notifications[-1].id
-        decoded += len(notifications)
-        progress("decode", position, latest)
         if len(notifications) < limits.notification_batch_max:
-            break
-    return time.monotonic() - started, decoded
+            return
 
 
 def _copy_raw_log(
@@ -156,7 +161,6 @@ def _copy_raw_log(
         )
         cursor.execute(f"DELETE FROM {RAW_TABLE}")
         cursor.execute("DELETE FROM ledger_positions WHERE name = %s", (RAW_POSITION,))
-    recorder = store.process_recorder
     insert = (
         f"INSERT INTO {RAW_TABLE} (position, originator_id, originator_version, topic, state)"
         " VALUES (%s, %s, %s, %s, %s)"
@@ -165,12 +169,7 @@ def _copy_raw_log(
     started = time.monotonic()
     with database.read() as cursor:
         position = read_position(cursor, RAW_POSITION)
-    while True:
-        notifications = recorder.select_notifications(
-            start=position, limit=limits.notification_batch_max, inclusive_of_start=False
-        )
-        if not notifications:
-            break
+    for notifications in _log_pages(store, position):
         rows = [
             (n.id, str(n.originator_id), n.originator_version, n.topic, n.state)
             for n in notifications
@@ -178,11 +177,8 @@ def _copy_raw_log(
         with database.transaction() as cursor:
             cursor.executemany(insert, rows)
             write_position(cursor, RAW_POSITION, notifications[-1].id)
-        position = notifications[-1].id
         copied += len(notifications)
-        progress("rebuild baseline", position, latest)
-        if len(notifications) < limits.notification_batch_max:
-            break
+        progress("rebuild baseline", notifications[-1].id, latest)
     return time.monotonic() - started, copied
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import (
+    ApplicationRecorder,
     InterfaceError,
     Notification,
     OperationalError,
@@ -117,7 +118,35 @@ def _notification(
     return notification
 
 
-class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
+class _LogPages(ApplicationRecorder):
+    """The log's pages as the relays and the projections read them for every event: the rows
+    as tuples (not `sqlite3.Row`s or dicts looked up by name) into notifications built without
+    their `__init__` (6.5-9.6 -> 3.6-7.1 us a notification). Pages with a `stop` or `topics`,
+    which they never ask for, go to the library."""
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        """See the class."""
+        if start is None or stop is not None or topics:
+            # The library's recorder after this class in the recorders' order implements it.
+            return super().select_notifications(  # type: ignore[safe-super]
+                start, limit, stop, topics, inclusive_of_start=inclusive_of_start
+            )
+        return self._page(start, limit, inclusive_of_start=inclusive_of_start)
+
+    def _page(self, start: int, limit: int, *, inclusive_of_start: bool) -> list[Notification]:
+        """One page after (or from) `start`: each backend's own reading."""
+        raise NotImplementedError
+
+
+class LedgerSQLiteProcessRecorder(_LogPages, SQLiteProcessRecorder, InboundKeyRecorder):
     """SQLite process recorder with an inbound idempotency-key table.
 
     Its writes leave the log's checkpoints to a thread (`WalCheckpointer`, started at the
@@ -151,24 +180,8 @@ class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
             self._checkpointer.close()
             self._checkpointer = None
 
-    def select_notifications(
-        self,
-        start: int | None,
-        limit: int,
-        stop: int | None = None,
-        topics: Sequence[str] = (),
-        *,
-        inclusive_of_start: bool = True,
-    ) -> Sequence[Notification]:
-        """The library's page of the log, read as plain tuples (not `sqlite3.Row`s looked up
-        by name) into notifications built without their `__init__`, each originator id parsed
-        once: what the relays and the projections read for every event (6.5 -> 2.5 us a
-        notification). Pages with a `stop` or `topics`, which they never ask for, go to the
-        library."""
-        if start is None or stop is not None or topics:
-            return super().select_notifications(
-                start, limit, stop, topics, inclusive_of_start=inclusive_of_start
-            )
+    def _page(self, start: int, limit: int, *, inclusive_of_start: bool) -> list[Notification]:
+        """A page of the log (see `_LogPages`), each originator id parsed once."""
         statement = (
             "SELECT rowid, originator_id, originator_version, topic, state"
             f" FROM {self.events_table_name} WHERE rowid {'>=' if inclusive_of_start else '>'} ?"
@@ -269,7 +282,7 @@ class LedgerSQLiteProcessRecorder(SQLiteProcessRecorder, InboundKeyRecorder):
         return found
 
 
-class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder):
+class LedgerPostgresProcessRecorder(_LogPages, PostgresProcessRecorder, InboundKeyRecorder):
     """PostgreSQL process recorder with an inbound idempotency-key table."""
 
     commits_concurrently = True
@@ -329,24 +342,9 @@ class LedgerPostgresProcessRecorder(PostgresProcessRecorder, InboundKeyRecorder)
     _insert_snapshots_statement: Composed | None = None
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
-    def select_notifications(
-        self,
-        start: int | None,
-        limit: int,
-        stop: int | None = None,
-        topics: Sequence[str] = (),
-        *,
-        inclusive_of_start: bool = True,
-    ) -> Sequence[Notification]:
-        """The library's page of the log, read as tuples (not dicts) into notifications built
-        without their `__init__`, from a statement composed once: what the relays and the
-        projections read for every event. Pages with a `stop` or `topics`, which they never
-        ask for, go to the library."""
-        if start is None or stop is not None or topics:
-            page: Sequence[Notification] = super().select_notifications(
-                start, limit, stop, topics, inclusive_of_start=inclusive_of_start
-            )
-            return page
+    def _page(self, start: int, limit: int, *, inclusive_of_start: bool) -> list[Notification]:
+        """A page of the log (see `_LogPages`), from a statement composed once (retried as the
+        library retries its own reads)."""
         connection = self.datastore.get_connection()
         with connection as conn, conn.cursor(row_factory=tuple_row) as curs:
             curs.execute(self._select_pages[inclusive_of_start], (start, limit), prepare=True)
