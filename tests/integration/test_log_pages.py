@@ -17,6 +17,7 @@ from ledger.clock import FixedClock
 from ledger.domain.account import account_uuid
 from ledger.domain.policy import Policy
 from ledger.ingest import InboundMessage, IngestService
+from ledger.persistence.database import Database
 from ledger.persistence.event_store import EventStore, open_event_store
 from ledger.persistence.urls import parse_database_url
 from tests.books import invoice, opened, payment
@@ -84,3 +85,30 @@ def test_the_whole_log_in_order_with_the_accounts_ids(store: EventStore) -> None
     assert store.process_recorder.select_notifications(1, 3, stop=2)[-1].id == 2
     opened_only = store.process_recorder.select_notifications(1, 100, topics=[page[0].topic])
     assert [n.id for n in opened_only] == [n.id for n in page if n.topic == page[0].topic]
+
+
+def test_no_plan_made_on_a_young_log_is_kept_for_the_grown_one(postgres_url: str) -> None:
+    """PostgreSQL keeps a generic plan for a statement psycopg prepared (after five runs); made
+    while the log was empty it is a sequential scan, kept after the log has grown. The log's
+    pages and the ingest's lookups are never prepared, and the read models' sessions plan every
+    statement for its own parameters."""
+    target = parse_database_url(postgres_url)
+    event_store = open_event_store(target, create_table=True)
+    try:
+        recorder = event_store.process_recorder
+        for _ in range(8):  # more than psycopg's threshold for preparing a statement
+            recorder.select_notifications(0, 100, inclusive_of_start=False)
+            recorder.select_inbound_keys(["k"])  # type: ignore[attr-defined]
+            recorder.select_existing_originators([account_uuid("ACC-X")])  # type: ignore[attr-defined]
+        with recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
+            prepared = conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+        assert not [row for row in prepared if "ledger_events" in str(row) or "inbound" in str(row)]
+    finally:
+        event_store.close()
+    database = Database(target)
+    try:
+        with database.read() as cursor:
+            cursor.execute("SHOW plan_cache_mode")
+            assert cursor.fetchone()[0] == "force_custom_plan"
+    finally:
+        database.close()

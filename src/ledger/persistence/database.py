@@ -188,8 +188,13 @@ class Database:
 
     def _connect_postgres(self) -> psycopg.Connection[Any]:
         if self._postgres is None or self._postgres.closed or self._postgres.broken:
-            # A read-only database's session refuses every write, whatever its role may do.
-            options = "-c default_transaction_read_only=on" if self.read_only else ""
+            # Every statement planned for its own parameters: psycopg prepares a statement run
+            # five times, and PostgreSQL may then keep a generic plan made while the read models
+            # were empty (a sequential scan for a key lookup) long after they have grown.
+            options = "-c plan_cache_mode=force_custom_plan"
+            if self.read_only:
+                # A read-only database's session refuses every write, whatever its role may do.
+                options += " -c default_transaction_read_only=on"
             import psycopg  # here, not at the top: a query on SQLite never pays for it
 
             try:
