@@ -88,10 +88,10 @@ def test_the_whole_log_in_order_with_the_accounts_ids(store: EventStore) -> None
 
 
 def test_no_plan_made_on_a_young_log_is_kept_for_the_grown_one(postgres_url: str) -> None:
-    """PostgreSQL keeps a generic plan for a statement psycopg prepared (after five runs); made
-    while the log was empty it is a sequential scan, kept after the log has grown. The log's
-    pages and the ingest's lookups are never prepared, and the read models' sessions plan every
-    statement for its own parameters."""
+    """PostgreSQL keeps a generic plan for a prepared statement (psycopg prepares one run five
+    times; the library prepares the log's page query at once); made while the log was empty it
+    is a sequential scan, kept after the log has grown. Every connection of the ledger, the
+    event store's pool and the read models' sessions, plans each run for its parameters."""
     target = parse_database_url(postgres_url)
     event_store = open_event_store(target, create_table=True)
     try:
@@ -101,8 +101,13 @@ def test_no_plan_made_on_a_young_log_is_kept_for_the_grown_one(postgres_url: str
             recorder.select_inbound_keys(["k"])  # type: ignore[attr-defined]
             recorder.select_existing_originators([account_uuid("ACC-X")])  # type: ignore[attr-defined]
         with recorder.datastore.get_connection() as conn:  # type: ignore[attr-defined]
-            prepared = conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
-        assert not [row for row in prepared if "ledger_events" in str(row) or "inbound" in str(row)]
+            mode = conn.execute("SHOW plan_cache_mode").fetchone()
+            prepared = conn.execute(
+                "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+            ).fetchall()
+        assert mode is not None and mode["plan_cache_mode"] == "force_custom_plan"
+        assert any("ledger_events" in str(row["statement"]) for row in prepared)
+        assert [row for row in prepared if row["generic_plans"]] == []
     finally:
         event_store.close()
     database = Database(target)

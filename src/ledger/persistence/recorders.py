@@ -16,12 +16,13 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresFactory, PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteCursor, SQLiteFactory, SQLiteProcessRecorder
-from eventsourcing.utils import retry
+from eventsourcing.utils import Environment, EnvType, retry
 from psycopg import Cursor
 from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Composed, Identifier
 
 from ledger import limits
+from ledger.persistence.database import PLAN_EVERY_RUN
 from ledger.persistence.outcomes import (
     COLUMNS as OUTCOME_COLUMNS,
 )
@@ -344,16 +345,10 @@ class LedgerPostgresProcessRecorder(_LogPages, PostgresProcessRecorder, InboundK
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def _page(self, start: int, limit: int, *, inclusive_of_start: bool) -> list[Notification]:
         """A page of the log (see `_LogPages`), from a statement composed once (retried as the
-        library retries its own reads).
-
-        Never prepared (the library prepares it): a prepared page query run five times on a
-        young log got a generic plan made on the empty table, a sequential scan and a sort,
-        and kept it until autovacuum analyzed the table: 57 ms a page at 100,000 events
-        instead of 6-12, and the server's CPU per event two to four times its usual in the
-        runs it hit. Planning it each time costs a fraction of a millisecond."""
+        library retries its own reads; planned for its parameters each run: `PLAN_EVERY_RUN`)."""
         connection = self.datastore.get_connection()
         with connection as conn, conn.cursor(row_factory=tuple_row) as curs:
-            curs.execute(self._select_pages[inclusive_of_start], (start, limit), prepare=False)
+            curs.execute(self._select_pages[inclusive_of_start], (start, limit), prepare=True)
             rows = curs.fetchall()
         return [
             _notification(r[0], r[1], r[2], r[3], r[4] if type(r[4]) is bytes else bytes(r[4]))
@@ -426,9 +421,7 @@ class LedgerPostgresProcessRecorder(_LogPages, PostgresProcessRecorder, InboundK
     def select_inbound_keys(self, keys: Collection[str]) -> set[str]:
         """The given idempotency keys that are already recorded."""
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            # Never prepared, as the log's pages (`_page`): a generic plan made on the empty
-            # table would scan it whole once it has grown.
-            curs.execute(self._select_keys_statement, (list(keys),), prepare=False)
+            curs.execute(self._select_keys_statement, (list(keys),))
             return {row["key"] for row in curs.fetchall()}
 
     def select_outcomes(self, keys: Collection[OutcomeKey]) -> dict[OutcomeKey, str]:
@@ -438,7 +431,6 @@ class LedgerPostgresProcessRecorder(_LogPages, PostgresProcessRecorder, InboundK
             curs.execute(
                 self._select_outcomes_statement,
                 ([key[0] for key in ordered], [key[1] for key in ordered]),
-                prepare=False,  # as `select_inbound_keys`
             )
             return {
                 (row["account_id"], row["command_id"]): row["body_sha256"]
@@ -450,7 +442,7 @@ class LedgerPostgresProcessRecorder(_LogPages, PostgresProcessRecorder, InboundK
         text_ids = self.datastore.originator_id_type == "text"
         values = [str(i) if text_ids else i for i in originator_ids]
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self._select_originators_statement, (values,), prepare=False)
+            curs.execute(self._select_originators_statement, (values,))
             return {
                 row["originator_id"]
                 if isinstance(row["originator_id"], UUID)
@@ -466,6 +458,16 @@ class LedgerSQLiteFactory(SQLiteFactory):
 
 
 class LedgerPostgresFactory(PostgresFactory):
-    """PostgreSQL infrastructure whose process recorder keeps inbound keys."""
+    """PostgreSQL infrastructure whose process recorder keeps inbound keys, on connections
+    that plan every run of a statement for its parameters (`PLAN_EVERY_RUN`)."""
 
     process_recorder_class = LedgerPostgresProcessRecorder
+
+    def __init__(self, env: Environment | EnvType | None) -> None:
+        super().__init__(env)
+        # The pool opens its connections at the first use, with these arguments (the
+        # library builds them as a dict).
+        kwargs = self.datastore.pool.kwargs
+        if not isinstance(kwargs, dict):
+            raise TypeError(f"the event store's pool arguments are {type(kwargs).__name__}")
+        kwargs["options"] = PLAN_EVERY_RUN
