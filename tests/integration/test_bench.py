@@ -201,8 +201,8 @@ def test_bench_system_and_latency(bench_env: str) -> None:
         system["events_per_s"] / system["baseline_per_s"], rel=0.01
     )
     assert system["messages"] == 1000
-    # The ledger and its baseline each ran twice, in turn (ledger, baseline, baseline, ledger):
-    # each side's figures are its runs' mean.
+    # The ledger and its baseline each ran twice, in turn (ledger, baseline, no-domain pipeline,
+    # baseline, ledger): each side's figures are its runs' mean.
     assert len(system["runs_seconds"]) == len(system["baseline_runs_seconds"]) == 2
     assert system["seconds"] == pytest.approx(sum(system["runs_seconds"]) / 2, abs=0.002)
     assert system["baseline_seconds"] == pytest.approx(
@@ -230,6 +230,29 @@ def test_bench_system_and_latency(bench_env: str) -> None:
     assert relay_vs_bare is None or _positive(relay_vs_bare)  # a 10 ms tick can read 0
     baseline_vs_bare = system["baseline_relay_vs_bare_producer"]
     assert baseline_vs_bare is None or _positive(baseline_vs_bare)
+    # The ledger's ingest with its domain taken out ran once between the baselines, as a system
+    # of the baseline's shape: every line through its consumer, relay and projection.
+    no_domain = system["no_domain"]
+    assert _positive(no_domain["seconds"]) and _positive(no_domain["events_per_s"])
+    assert no_domain["events_per_s"] == pytest.approx(1000 / no_domain["seconds"], rel=0.01)
+    assert no_domain["ratio"] == pytest.approx(
+        system["baseline_seconds"] / no_domain["seconds"], rel=0.01
+    )
+    assert no_domain["cpu_us_per_event"].keys() == roles
+    assert _positive(
+        no_domain["cpu_us_per_event"]["ingest"] + no_domain["cpu_us_per_event"]["relay"]
+    )
+    for key, numerator, denominator in (
+        ("ingest_vs_baseline", no_domain["cpu_us_per_event"], system["baseline_cpu_us_per_event"]),
+        ("ledger_ingest_vs_no_domain", system["cpu_us_per_event"], no_domain["cpu_us_per_event"]),
+    ):
+        # A ratio is None where either side read no tick of CPU (10 ms ticks, a short run).
+        expected = (
+            numerator["ingest"] / denominator["ingest"]
+            if numerator["ingest"] and denominator["ingest"]
+            else None
+        )
+        assert no_domain[key] == (None if expected is None else pytest.approx(expected, abs=0.01))
     latency = document["latency"]
     assert _latency_ordered(latency)
     assert latency["events"] == latency["ledger_events"]["events"] == 200

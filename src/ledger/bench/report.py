@@ -111,6 +111,25 @@ def _system_rows(system: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             rows.append(
                 ("    the baseline relay vs the bare producer", "", "", f"{baseline_ratio:.2f}x")
             )
+    no_domain = system.get("no_domain")
+    if no_domain:
+        floor = no_domain.get("ingest_vs_baseline")
+        rows.append(
+            (
+                "  the ingest with no domain, in a system of the baseline's shape (events/s)",
+                _number(no_domain["events_per_s"]),
+                _number(system["baseline_per_s"]),
+                f"{no_domain['ratio']:.2f} (same-run baseline)",
+            )
+        )
+        rows.append(
+            (
+                "    its CPU us per event: ingest",
+                _cpu(no_domain["cpu_us_per_event"].get("ingest")),
+                _cpu(baseline_cpu.get("ingest")),
+                "-" if floor is None else f"{floor:.2f}x the baseline (the ingest's target: 2x)",
+            )
+        )
     return rows
 
 

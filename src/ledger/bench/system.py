@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
+from ledger import read_models
 from ledger.bench.bare_producer import measure_bare_producer
 from ledger.bench.cpu import CpuMeter, per_event_us
 from ledger.bench.ingest import TIMEOUT_FLOOR_S, TIMEOUT_PER_EVENT_S, split_partitions
@@ -55,8 +57,15 @@ from ledger.bench.workload import (
     account_name,
     write_lines,
 )
-from ledger.kafka.topics import PAYMENTS_INBOUND, ensure_topics
+from ledger.kafka.topics import (
+    PAYMENTS_INBOUND,
+    TopicWatcher,
+    dead_letter_topic,
+    ensure_topics,
+    tracking_name,
+)
 from ledger.persistence.database import Database
+from ledger.persistence.event_store import EventStore, latest_position, open_event_store
 from ledger.persistence.urls import parse_database_url
 
 Progress = Callable[[str, int, int], None]
@@ -189,7 +198,15 @@ def time_system(
 
 
 class BaselineSystem:
-    """The no-domain pipeline of the ledger's shape, each stage its own process."""
+    """The no-domain pipeline of the ledger's shape, each stage its own process.
+
+    With `ingest="raw"` (the baseline) its consumer writes one row per message
+    (`ledger.bench.worker.run_baseline`). With `ingest="no_domain"` it is the ledger's own ingest
+    consumer and service with the domain taken out (`NoDomainService`: the contract's parsing
+    and validation, de-duplication, idempotency keys, dead letters, one stored event per fact in
+    the event store with the position), and the relay and projection tail the event store's log
+    instead of the rows: what the ledger's ingest costs before any domain, in a running system.
+    """
 
     def __init__(
         self,
@@ -198,35 +215,61 @@ class BaselineSystem:
         consumers: int,
         *,
         purpose: str = "sysbase",
+        ingest: str = "raw",
     ) -> None:
         """Start a broker, create topics and tables, start consumer(s), relay and projection
         (`purpose` names its database, broker and workers: one per timed run)."""
+        if ingest not in ("raw", "no_domain"):
+            raise ValueError(f"unknown baseline ingest {ingest!r}")
         self.scratch = scratch
+        self.ingest = ingest
         self.broker = scratch.private_broker(purpose)
         self.bootstrap = self.broker.bootstrap
         partitions = scratch.settings.partitions
+        dlq_topic = dead_letter_topic(BASELINE_INBOUND_TOPIC)
         ensure_topics(
-            self.bootstrap, partitions, names=(BASELINE_INBOUND_TOPIC, BASELINE_EVENTS_TOPIC)
+            self.bootstrap,
+            partitions,
+            names=(BASELINE_INBOUND_TOPIC, BASELINE_EVENTS_TOPIC, dlq_topic),
         )
         self.database_url = scratch.database_url(purpose)
-        self.database = Database(parse_database_url(self.database_url))
+        target = parse_database_url(self.database_url)
+        self.store: EventStore | None = None
+        self.tracking_names: dict[int, str] = {}
+        if ingest == "no_domain":
+            read_models.prepare(target)
+            self.store = open_event_store(target)
+            with closing(TopicWatcher(self.bootstrap)) as watcher:
+                topic_id = watcher.topic_id(BASELINE_INBOUND_TOPIC) or "unknown"
+            self.tracking_names = {
+                p: tracking_name(BASELINE_INBOUND_TOPIC, topic_id, p) for p in range(partitions)
+            }
+        self.database = Database(target)
         with self.database.transaction() as cursor:
             for statement in (
                 *baseline_ddl(self.database.kind, sequenced=True),
                 baseline_view_ddl(self.database.kind),
             ):
                 cursor.execute(statement)
+        source = "events" if ingest == "no_domain" else "rows"
         common = {"database_url": self.database_url, "bootstrap": self.bootstrap}
         self.workers: dict[str, list[Worker]] = {"ingest": [], "relay": [], "projections": []}
         try:
             for n, share in enumerate(split_partitions(range(partitions), consumers), start=1):
-                config = {
+                config: dict[str, Any] = {
                     **common,
                     "kind": "baseline",
                     "sequenced": True,
                     "topic": BASELINE_INBOUND_TOPIC,
                     "partitions": share,
                 }
+                if ingest == "no_domain":
+                    policy = scratch.settings.policy
+                    config.update(
+                        kind="no_domain",
+                        dlq_topic=dlq_topic,
+                        policy=str(policy) if policy else None,
+                    )
                 self.workers["ingest"].append(
                     bench_worker(f"{purpose}-consumer-{n}", config, scratch.directory)
                 )
@@ -235,9 +278,10 @@ class BaselineSystem:
                 "kind": "baseline_relay",
                 "topic": BASELINE_EVENTS_TOPIC,
                 "messages_per_event": messages_per_event,
+                "source": source,
             }
             self.workers["relay"].append(bench_worker(f"{purpose}-relay", relay, scratch.directory))
-            projection = {**common, "kind": "baseline_projection"}
+            projection = {**common, "kind": "baseline_projection", "source": source}
             self.workers["projections"].append(
                 bench_worker(f"{purpose}-projection", projection, scratch.directory)
             )
@@ -271,15 +315,22 @@ class BaselineSystem:
         with self.database.read() as cursor:
             cursor.execute(f"SELECT name, position FROM {BASELINE_POSITIONS_TABLE}")
             positions = {str(name): int(position) for name, position in cursor.fetchall()}
-        with self.database.read() as cursor:
-            cursor.execute(self.max_row_id)
-            head = int(cursor.fetchone()[0])
-        prefix = f"{BASELINE_INBOUND_TOPIC}:"
-        ingested = {
-            int(name[len(prefix) :]): position
-            for name, position in positions.items()
-            if name.startswith(prefix)
-        }
+        if self.store is not None:  # the no-domain ingest: the event store's log and positions
+            recorder = self.store.process_recorder
+            ingested = {
+                p: recorder.max_tracking_id(name) or 0 for p, name in self.tracking_names.items()
+            }
+            head = latest_position(self.database)
+        else:
+            with self.database.read() as cursor:
+                cursor.execute(self.max_row_id)
+                head = int(cursor.fetchone()[0])
+            prefix = f"{BASELINE_INBOUND_TOPIC}:"
+            ingested = {
+                int(name[len(prefix) :]): position
+                for name, position in positions.items()
+                if name.startswith(prefix)
+            }
         return SystemProgress(
             ingested=ingested,
             head=head,
@@ -292,6 +343,8 @@ class BaselineSystem:
         for worker in self._all():
             worker.stop()
         self.database.close()
+        if self.store is not None:
+            self.store.close()
         self.scratch.stop_private_broker(self.broker)
 
 
@@ -302,11 +355,15 @@ def _per_event(run: TimedRun, events: int, backend: str) -> dict[str, float | No
     return figures
 
 
-ORDER = ("ledger", "baseline", "baseline", "ledger")
-"""The timed runs, in turn: the ledger, its baseline twice, the ledger again. Each side's figures
-are the mean of its two runs, both centred on the same moment: a machine whose speed drifts over
-the phase's minutes moves both sides alike (one run each, ledger then baseline, moved the ratio
-by a tenth either way between runs of the same code)."""
+ORDER = ("ledger", "baseline", "no_domain", "baseline", "ledger")
+"""The timed runs, in turn: the ledger, its baseline, the no-domain pipeline, the baseline again,
+the ledger again. The ledger's and the baseline's figures are each the mean of their two runs,
+all centred on the same moment: a machine whose speed drifts over the phase's minutes moves both
+sides alike (one run each, ledger then baseline, moved the ratio by a tenth either way between
+runs of the same code). The no-domain pipeline (`BaselineSystem(ingest="no_domain")`) runs once,
+in the middle: the ledger's ingest before any domain, beside the same relay and projection
+shapes, so that the ingest's target (2x the baseline's consumer) can be set against what its
+parsing, de-duplication and event store cost alone in a running system."""
 
 
 @dataclass
@@ -377,9 +434,13 @@ def _time_baseline(
     messages_per_event: float,
     consumers: int,
     purpose: str,
+    ingest: str = "raw",
 ) -> TimedRun:
-    """One timed run of the no-domain system on a database and broker of its own."""
-    baseline_system = BaselineSystem(scratch, messages_per_event, consumers, purpose=purpose)
+    """One timed run of the no-domain system (`ingest`: see `BaselineSystem`) on a database and
+    broker of its own."""
+    baseline_system = BaselineSystem(
+        scratch, messages_per_event, consumers, purpose=purpose, ingest=ingest
+    )
     try:
         publisher = _publisher(
             scratch, f"{purpose}-publisher", baseline_system.bootstrap, BASELINE_INBOUND_TOPIC
@@ -390,7 +451,9 @@ def _time_baseline(
                 publisher,
                 events=events,
                 database_url=baseline_system.database_url,
-                label=purpose.replace("sysbase", "system baseline "),
+                label=purpose.replace("sysbase", "system baseline ").replace(
+                    "sysnodomain", "system no-domain ingest "
+                ),
                 progress=progress,
             )
         finally:
@@ -417,6 +480,7 @@ def measure_system(
     write_lines(scratch.directory / "system-lines.bin", workload.lines)
     ledger_runs: list[_LedgerRun] = []
     baseline_runs: list[TimedRun] = []
+    no_domain_runs: list[TimedRun] = []
     for side in ORDER:
         if side == "ledger":
             ledger_runs.append(
@@ -431,14 +495,16 @@ def measure_system(
             )
         else:
             first = ledger_runs[0]
-            baseline_runs.append(
+            runs = no_domain_runs if side == "no_domain" else baseline_runs
+            runs.append(
                 _time_baseline(
                     scratch,
                     events,
                     progress,
                     messages_per_event=first.messages_per_event,
                     consumers=first.processes.get("ingest", 1),
-                    purpose=f"sysbase{len(baseline_runs) + 1}",
+                    purpose=f"sys{'nodomain' if side == 'no_domain' else 'base'}{len(runs) + 1}",
+                    ingest="no_domain" if side == "no_domain" else "raw",
                 )
             )
     first = ledger_runs[0]
@@ -451,6 +517,8 @@ def measure_system(
     baseline_per_s = events / baseline.seconds
     cpu_us_per_event = _per_event(run, events, scratch.backend)
     baseline_cpu_us_per_event = _per_event(baseline, events, scratch.backend)
+    no_domain = _mean_run(no_domain_runs)
+    no_domain_cpu_us_per_event = _per_event(no_domain, events, scratch.backend)
     return {
         "events_per_s": round(events_per_s),
         "baseline_per_s": round(baseline_per_s),
@@ -471,6 +539,20 @@ def measure_system(
         "baseline_relay_vs_bare_producer": _over(
             baseline_cpu_us_per_event.get("relay"), bare["cpu_us_per_event"]
         ),
+        # The ingest's floor before any domain: the no-domain pipeline's consumer over the
+        # baseline's (the ingest's target is 2x), and the ledger's ingest over that pipeline's.
+        "no_domain": {
+            "events_per_s": round(events / no_domain.seconds),
+            "ratio": round(baseline.seconds / no_domain.seconds, 3),
+            "seconds": round(no_domain.seconds, 3),
+            "cpu_us_per_event": no_domain_cpu_us_per_event,
+            "ingest_vs_baseline": _over(
+                no_domain_cpu_us_per_event.get("ingest"), baseline_cpu_us_per_event.get("ingest")
+            ),
+            "ledger_ingest_vs_no_domain": _over(
+                cpu_us_per_event.get("ingest"), no_domain_cpu_us_per_event.get("ingest")
+            ),
+        },
     }
 
 

@@ -27,6 +27,7 @@ from ledger.bench.worker import BASELINE_POSITIONS_TABLE, BASELINE_ROWS_TABLE, b
 from ledger.bench.workload import InboundLine, publish, read_lines
 from ledger.kafka.clients import ResilientProducer, check_crc32c, make_producer
 from ledger.persistence.database import Cursor, Database
+from ledger.persistence.head import events_table
 from ledger.persistence.urls import parse_database_url
 
 BASELINE_VIEW_TABLE = "bench_baseline_view"
@@ -111,17 +112,37 @@ def run_publisher(config: dict[str, Any], stop: threading.Event) -> None:
         producer.close(timeout=limits.producer_close_timeout_s)
 
 
-class _RowTail:
-    """Reads the baseline's sequenced rows after a position, in id order, a batch at a time."""
+def _row_select(database: Database, source: str) -> str:
+    """The statement reading the next rows after a position, in id order: of the baseline's
+    sequenced rows (`source` "rows"), or of the event store's log ("events": the no-domain
+    ingest's events, each keyed by its aggregate's id, its state as the value)."""
+    if source == "events":
+        table = events_table(database.target)
+        row_id = "rowid" if database.kind == "sqlite" else "notification_id"
+        key, value = "originator_id", "state"
+    else:
+        table, row_id = BASELINE_ROWS_TABLE, baseline_row_id(database.kind)
+        key, value = "record_key", "record_value"
+    return (
+        f"SELECT {row_id}, {key}, {value} FROM {table}"
+        f" WHERE {row_id} > %s ORDER BY {row_id} LIMIT %s"
+    )
 
-    def __init__(self, database: Database, position_name: str) -> None:
+
+def _as_bytes(value: object) -> bytes:
+    """A column read as bytes (a BLOB or BYTEA as is, a text or a uuid as its UTF-8 text)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return b"" if value is None else str(value).encode()
+
+
+class _RowTail:
+    """Reads sequenced rows after a position, in id order, a batch at a time."""
+
+    def __init__(self, database: Database, position_name: str, source: str = "rows") -> None:
         self.database = database
         self.position_name = position_name
-        row_id = baseline_row_id(database.kind)
-        self.select = (
-            f"SELECT {row_id}, record_key, record_value FROM {BASELINE_ROWS_TABLE}"
-            f" WHERE {row_id} > %s ORDER BY {row_id} LIMIT %s"
-        )
+        self.select = _row_select(database, source)
         self.upsert_position = (
             f"INSERT INTO {BASELINE_POSITIONS_TABLE} (name, position) VALUES (%s, %s)"
             " ON CONFLICT (name) DO UPDATE SET position = excluded.position"
@@ -139,9 +160,7 @@ class _RowTail:
         with self.database.read() as cursor:
             cursor.execute(self.select, (self.position, limits.notification_batch_max))
             rows = cursor.fetchall()
-        return [
-            (int(row_id), bytes(key or b""), bytes(value or b"")) for row_id, key, value in rows
-        ]
+        return [(int(row_id), _as_bytes(key), _as_bytes(value)) for row_id, key, value in rows]
 
     def record(self, cursor: Cursor, rows: list[tuple[int, bytes, bytes]]) -> None:
         """Write the position after `rows` in the open transaction."""
@@ -167,7 +186,7 @@ def run_baseline_relay(config: dict[str, Any], stop: threading.Event) -> None:
     topic: str = config["topic"]
     per_event = float(config["messages_per_event"])
     occurred_at = datetime.now(UTC).isoformat().encode()
-    tail = _RowTail(database, BASELINE_RELAY_POSITION)
+    tail = _RowTail(database, BASELINE_RELAY_POSITION, config.get("source", "rows"))
     owed = [0.0]
 
     def handle(rows: list[tuple[int, bytes, bytes]]) -> None:
@@ -198,7 +217,7 @@ def run_baseline_projection(config: dict[str, Any], stop: threading.Event) -> No
         " VALUES (%s, %s, 1) ON CONFLICT (record_key) DO UPDATE SET"
         f" last_row_id = excluded.last_row_id, rows_seen = {BASELINE_VIEW_TABLE}.rows_seen + 1"
     )
-    tail = _RowTail(database, BASELINE_PROJECTION_POSITION)
+    tail = _RowTail(database, BASELINE_PROJECTION_POSITION, config.get("source", "rows"))
 
     def handle(rows: list[tuple[int, bytes, bytes]]) -> None:
         with database.transaction() as cursor:
