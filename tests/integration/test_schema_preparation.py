@@ -1,8 +1,11 @@
-"""Schema preparation on a fresh PostgreSQL database: many processes at once, all succeed."""
+"""Schema preparation: on a fresh PostgreSQL database many processes at once, all succeed; a new
+SQLite path gets its directories."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -104,3 +107,18 @@ def test_start_gives_up_after_its_attempts(
         ("start failed: retrying", 2),
         ("start failed: giving up", 3),
     ]
+
+
+def test_a_sqlite_path_in_a_missing_directory_is_created_at_start(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    """`ledger run` on a new SQLite path: its directories are made (SQLite makes only the file);
+    before, the start retried "unable to open database file" and gave up."""
+    path = tmp_path / "new" / "deeper" / "ledger.db"
+    settings = Settings(database_url=f"sqlite:///{path}")
+    with capture_logs() as logs:
+        assert prepare_deployment_patiently(broker.bootstrap, settings) is True
+    assert [entry for entry in logs if "attempt" in entry] == []
+    with sqlite3.connect(path) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    assert {"stored_events", "ledger_inbound_keys", "ledger_positions"} <= tables

@@ -104,5 +104,12 @@ class EventStore(Application[UUID]):
 
 
 def open_event_store(target: DatabaseTarget, *, create_table: bool = False) -> EventStore:
-    """Construct the event store for a database target."""
+    """Construct the event store for a database target.
+
+    With `create_table` (the schema's preparation, before any worker starts) a SQLite file's
+    directory is created if missing, as the read models' database creates it: SQLite creates a
+    file, not its directory, and `ledger run` on a new path would retry, then exit.
+    """
+    if create_table and target.kind == "sqlite" and target.sqlite_path is not None:
+        target.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
     return EventStore(env=event_store_env(target, create_table=create_table))
