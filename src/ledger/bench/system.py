@@ -15,6 +15,12 @@ those rows in order and producing, per row, as many messages as the ledger's rel
 line in the ledger's run, with the same headers, producer and flush per batch; a projection
 upserting one row per row read with its position in the same transaction.
 
+The ledger's ingest with its domain taken out runs once too, between the two baseline runs
+(`BaselineSystem(ingest="no_domain")`): a system of the baseline's shape whose consumer is the
+ledger's ingest consumer and service without the domain, its relay and projection tailing the
+event store's log. What its consumer costs an event over the baseline's is what the ingest's
+parsing, de-duplication and event store take of the ingest's 2x target before any domain.
+
 The relay's floor is measured in the same run too (`ledger.bench.bare_producer`): a bare
 kafka-python producer of the relay's settings sending the relay's own messages of the timed run,
 in its batches, each to its partition; `relay_vs_bare_producer` is the relay's CPU per event over

@@ -8,6 +8,8 @@ they are not behind, exactly as `ledger.tailing.run_tails` does. The relay produ
 `messages_per_event` messages a row (the ledger's own count of messages per inbound event) with
 the relay's seven CloudEvents headers and producer, flushing per batch, then records its
 position; the projection upserts one row per row read with its position in the same transaction.
+With `source` "events" both tail the event store's log instead (the no-domain ingest's events,
+keyed by their aggregate's id): the system phase's run of the ingest with no domain.
 """
 
 from __future__ import annotations
