@@ -205,9 +205,14 @@ class LiveProjection:
     ) -> Live | None:
         """Apply what of the batch is new to `live` (the row locked by the caller) into its
         generation; where the projection now stands, or None if nothing was new."""
-        fresh = [n for n in notifications if n.id > live.position]
-        if not fresh:
+        if not notifications:
             return None
+        if notifications[0].id > live.position:  # the usual case: the whole batch is new
+            fresh = notifications
+        else:
+            fresh = [n for n in notifications if n.id > live.position]
+            if not fresh:
+                return None
         known = known_events(self.projection, fresh, strict=False)
         if known:
             self.projection.apply(self.database, cursor, live.generation, known)

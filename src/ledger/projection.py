@@ -119,6 +119,12 @@ class UnknownEventType(Exception):
         self.position = position
 
 
+_KNOWN_TOPICS: dict[frozenset[str], set[str]] = {}
+"""Per set of event types (a projection's), the stored topics found to be of one of them: a
+topic's name never changes while a process runs (`ledger.domain.event_names`), so each topic is
+looked up once, not once per notification per read model."""
+
+
 def known_events(
     projection: Projection, notifications: Sequence[Notification], *, strict: bool
 ) -> list[Notification]:
@@ -127,15 +133,24 @@ def known_events(
     A live run skips an unknown type with a warning (a newer writer may have added it); a rebuild
     (`strict`) stops, since a model built without it would be wrong without saying so.
     """
+    known = _KNOWN_TOPICS.get(projection.event_types)
+    if known is None:
+        known = _KNOWN_TOPICS.setdefault(projection.event_types, set())
+    if all(notification.topic in known for notification in notifications):
+        return list(notifications)
     from ledger.domain.event_names import event_name  # the domain: not on a query's path
 
     kept: list[Notification] = []
     for notification in notifications:
+        if notification.topic in known:
+            kept.append(notification)
+            continue
         try:
             type_name = event_name(notification.topic)
         except LookupError:
             type_name = notification.topic
         if type_name in projection.event_types:
+            known.add(notification.topic)
             kept.append(notification)
             continue
         if strict:

@@ -64,8 +64,16 @@ def _upcast(cls: type[Any], state: dict[str, Any]) -> None:
         version += 1
 
 
+@lru_cache(maxsize=256)
+def _topic_version(topic: str) -> int:
+    """The current class version of a stored topic's class."""
+    return _class_version(_resolve(topic))
+
+
 def upcast_state(topic: str, decoded: dict[str, Any]) -> dict[str, Any]:
     """A decoded stored state brought up to its class's current version (in place)."""
+    if _topic_version(topic) == 1 and "class_version" not in decoded:
+        return decoded  # a first version, stored as such: nothing to do (most events)
     _upcast(_resolve(topic), decoded)
     return decoded
 
