@@ -228,7 +228,6 @@ class BaselineSystem:
         if ingest not in ("raw", "no_domain"):
             raise ValueError(f"unknown baseline ingest {ingest!r}")
         self.scratch = scratch
-        self.ingest = ingest
         self.broker = scratch.private_broker(purpose)
         self.bootstrap = self.broker.bootstrap
         partitions = scratch.settings.partitions

@@ -29,7 +29,7 @@ from ledger.bench.worker import BASELINE_POSITIONS_TABLE, BASELINE_ROWS_TABLE, b
 from ledger.bench.workload import InboundLine, publish, read_lines
 from ledger.kafka.clients import ResilientProducer, check_crc32c, make_producer
 from ledger.persistence.database import Cursor, Database
-from ledger.persistence.head import events_table
+from ledger.persistence.head import events_table, notification_id_column
 from ledger.persistence.urls import parse_database_url
 
 BASELINE_VIEW_TABLE = "bench_baseline_view"
@@ -120,7 +120,7 @@ def _row_select(database: Database, source: str) -> str:
     ingest's events, each keyed by its aggregate's id, its state as the value)."""
     if source == "events":
         table = events_table(database.target)
-        row_id = "rowid" if database.kind == "sqlite" else "notification_id"
+        row_id = notification_id_column(database.kind)
         key, value = "originator_id", "state"
     else:
         table, row_id = BASELINE_ROWS_TABLE, baseline_row_id(database.kind)

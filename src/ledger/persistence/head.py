@@ -21,10 +21,15 @@ def events_table(target: DatabaseTarget) -> str:
     return f'"{target.schema or "public"}"."{APPLICATION_NAME.lower()}_events"'
 
 
+def notification_id_column(kind: str) -> str:
+    """The events table's column of notification ids (on SQLite the library uses the rowid)."""
+    return "rowid" if kind == "sqlite" else "notification_id"
+
+
 def latest_position(database: Database) -> int:
     """The event store's latest notification id (0: none yet, or no table yet)."""
     table = events_table(database.target)
-    notification_id = "rowid" if database.kind == "sqlite" else "notification_id"
+    notification_id = notification_id_column(database.kind)
 
     def read(cursor: Cursor) -> int:
         if not database.has_tables(cursor, (table,)):
