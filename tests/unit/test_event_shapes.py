@@ -17,6 +17,7 @@ from ledger.domain.postings import LedgerAccount
 from ledger.policy_file import load_policy
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+PAID_AT = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 POLICY = load_policy()
 
 
@@ -36,7 +37,7 @@ def _paid_account() -> Account:
         method="card",
         invoice_id=None,
         origin=FactOrigin("acme", "e2", NOW),
-        now=NOW,
+        now=PAID_AT,
         policy=POLICY,
     )
     return account
@@ -58,6 +59,21 @@ def test_triggered_events_equal_those_their_init_builds() -> None:
             event.account_id = "other"  # type: ignore[misc]
     assert account.version == 3
     assert account.balance(LedgerAccount.CUSTOMER_CREDIT).amount_minor == 5_000
+
+
+def test_triggering_moves_the_account_as_the_librarys_mutate_does() -> None:
+    """The account applies its own new events without `mutate`'s checks (they hold by
+    construction): replaying the same events through `mutate`, as a load from the store does,
+    gives the same account."""
+    account = _paid_account()
+    events = account.collect_events()
+    replayed: Any = None
+    for event in events:
+        replayed = event.mutate(replayed)
+    assert isinstance(replayed, Account)
+    assert replayed.version == account.version == 3
+    assert replayed.modified_on == account.modified_on == PAID_AT
+    assert vars(replayed) == vars(account)
 
 
 def test_fields_missing_or_unexpected_are_refused_by_name() -> None:
@@ -110,3 +126,24 @@ def test_defaults_are_filled_and_default_factories_left_to_the_init() -> None:
     assert built == _Shaped.Noted(**values)
     assert built.channel == "email"
     assert event_shape(_Shaped.Tagged) is None
+
+
+class _Counted(Aggregate):
+    TOPIC = "test_event_shapes_counted"
+
+    class Created(Aggregate.Created):
+        TOPIC = "test_event_shapes_counted_created"
+
+    class Counted(Aggregate.Event):
+        TOPIC = "test_event_shapes_counted_counted"
+
+        def mutate(self, aggregate: Any) -> Any:
+            aggregate.counted = getattr(aggregate, "counted", 0) + 1
+            return super().mutate(aggregate)
+
+
+def test_an_event_with_its_own_mutate_is_marked_to_go_through_it() -> None:
+    plain = event_shape(_Shaped.Noted)
+    own = event_shape(_Counted.Counted)
+    assert plain is not None and plain.plain_mutate
+    assert own is not None and not own.plain_mutate

@@ -14,15 +14,17 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from eventsourcing.domain import _check_explicit_topic_is_registered
+from eventsourcing.domain import CanMutateAggregate, _check_explicit_topic_is_registered
 
 
 @dataclass(frozen=True, slots=True)
 class EventShape:
-    """An event class's fields, and the defaults of those that have one."""
+    """An event class's fields, the defaults of those that have one, and whether its `mutate`
+    is the library's own (which checks the event against the aggregate, then `apply`s it)."""
 
     fields: frozenset[str]
     defaults: dict[str, Any]
+    plain_mutate: bool = True
 
 
 _SHAPES: dict[type[Any], EventShape | None] = {}
@@ -45,6 +47,7 @@ def event_shape(event_class: type[Any]) -> EventShape | None:
                 for field in fields
                 if field.default is not dataclasses.MISSING
             },
+            getattr(event_class, "mutate", None) is CanMutateAggregate.mutate,
         )
     _SHAPES[event_class] = shape
     return shape
