@@ -112,6 +112,13 @@ class _Shaped(Aggregate):
         TOPIC = "test_event_shapes_tagged"
         tags: list[str] = field(default_factory=list)
 
+    class Counted(Aggregate.Event):
+        TOPIC = "test_event_shapes_counted"
+
+        def mutate(self, aggregate: Any) -> Any:
+            aggregate.counted = getattr(aggregate, "counted", 0) + 1
+            return super().mutate(aggregate)
+
 
 def test_defaults_are_filled_and_default_factories_left_to_the_init() -> None:
     shape = event_shape(_Shaped.Noted)
@@ -128,22 +135,8 @@ def test_defaults_are_filled_and_default_factories_left_to_the_init() -> None:
     assert event_shape(_Shaped.Tagged) is None
 
 
-class _Counted(Aggregate):
-    TOPIC = "test_event_shapes_counted"
-
-    class Created(Aggregate.Created):
-        TOPIC = "test_event_shapes_counted_created"
-
-    class Counted(Aggregate.Event):
-        TOPIC = "test_event_shapes_counted_counted"
-
-        def mutate(self, aggregate: Any) -> Any:
-            aggregate.counted = getattr(aggregate, "counted", 0) + 1
-            return super().mutate(aggregate)
-
-
 def test_an_event_with_its_own_mutate_is_marked_to_go_through_it() -> None:
     plain = event_shape(_Shaped.Noted)
-    own = event_shape(_Counted.Counted)
+    own = event_shape(_Shaped.Counted)
     assert plain is not None and plain.plain_mutate
     assert own is not None and not own.plain_mutate
